@@ -1,0 +1,160 @@
+"""Building LLaVA-style models from presets or from local pretrained parts.
+
+`build_model("demo")` builds a preset with random weights; `build_model(vision=DIR, llm=DIR)` joins a
+local CLIP/SigLIP checkpoint and a local causal LM (Hugging Face folders) with a fresh projector and
+gives the LM's tokenizer an `<image>` token. Either way the result is a `ModelParts`: the model, its
+tokenizer and the image preprocessing it expects.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgelmm.errors import ConfigError
+from edgelmm.imaging import ImageSpec
+from edgelmm.modeling.architectures import LANGUAGE_ARCHS, VISION_ARCHS, language_arch_of, vision_arch_of
+from edgelmm.modeling.projectors import DEFAULT_PROJECTOR
+from edgelmm.presets import PRESETS, get_preset
+from edgelmm.tokenizer import add_image_token, image_token_id, tokenizer_from_json, train_tokenizer
+
+
+@dataclass
+class ModelParts:
+    """A model with what it needs to read inputs: its tokenizer and its image preprocessing."""
+
+    model: object  # EdgeLlavaForConditionalGeneration
+    tokenizer: object  # a transformers tokenizer with `<image>` and a chat template
+    image_spec: ImageSpec
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.model.config.image_seq_length
+
+
+def _resolve(ref: str, part: str) -> tuple[str, object]:
+    """("preset", Preset) for a preset name, ("path", Path) for a local folder; never by substring."""
+    if ref in PRESETS:
+        return "preset", get_preset(ref)
+    if Path(ref).is_dir():
+        return "path", Path(ref)
+    raise ConfigError(f"{part} {ref!r} is neither a preset ({', '.join(PRESETS)}) nor a local checkpoint folder")
+
+
+def _load_config(path: Path):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"cannot read the config in {path}: {e}") from None
+
+
+def _vision_part(ref: str):
+    """(vision config, loaded tower or None, image spec)."""
+    kind, value = _resolve(ref, "vision")
+    if kind == "preset":
+        arch = VISION_ARCHS.get(value.vision_arch)
+        config = arch.make_config(**value.vision)
+        return config, None, arch.image_spec(config.image_size)
+    import torch
+
+    config = _load_config(value)
+    config = getattr(config, "vision_config", None) or config  # a full CLIP/SigLIP model holds a vision config
+    arch = vision_arch_of(config.model_type)
+    tower = arch.model_cls().from_pretrained(value, config=config, dtype=torch.float32)
+    processor_file = value / "preprocessor_config.json"
+    if processor_file.exists():
+        import json
+
+        spec = ImageSpec.from_hf(json.loads(processor_file.read_text()))
+    else:
+        spec = arch.image_spec(config.image_size)
+    return config, tower, spec
+
+
+@functools.lru_cache(maxsize=4)
+def _default_tokenizer_json(vocab_size: int) -> str:
+    from edgelmm.data.edgescenes import text_corpus
+
+    return train_tokenizer(text_corpus(n_scenes=1000, seed=12345), vocab_size).backend_tokenizer.to_str()
+
+
+def default_tokenizer(vocab_size: int):
+    """A BPE tokenizer trained on EdgeScenes text, for models built from a preset without one."""
+    return tokenizer_from_json(_default_tokenizer_json(vocab_size))
+
+
+def _lm_part(ref: str, tokenizer):
+    """(text config, loaded causal LM or None, tokenizer with `<image>`)."""
+    kind, value = _resolve(ref, "llm")
+    if kind == "preset":
+        config = LANGUAGE_ARCHS.get(value.lm_arch).make_config(**value.lm)
+        tokenizer = tokenizer or default_tokenizer(min(config.vocab_size, 4096))
+        if len(tokenizer) > config.vocab_size:
+            raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but preset {value.name!r} "
+                              f"has a vocabulary of {config.vocab_size}")
+        # A from-scratch LM takes its special tokens from its tokenizer.
+        config.bos_token_id, config.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
+        config.eos_token_id = tokenizer.eos_token_id
+        return config, None, tokenizer
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = _load_config(value)
+    language_arch_of(config.model_type)
+    lm = AutoModelForCausalLM.from_pretrained(value, dtype=torch.float32)
+    if tokenizer is None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(value)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot load the tokenizer of {value}: {e}") from None
+    return config, lm, add_image_token(tokenizer)
+
+
+def build_model(preset: str | None = None, *, vision: str | None = None, llm: str | None = None,
+                projector: str | None = None, projector_args: dict | None = None,
+                tokenizer=None) -> ModelParts:
+    """Build a LLaVA-style model from a preset and/or local parts (see the module docstring).
+
+    `vision` and `llm` each take a preset name (that preset's part, random weights) or a folder
+    (pretrained weights); they default to `preset`'s. The projector is always new.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgelmm.modeling.config import make_llava_config
+    from edgelmm.modeling.llava import EdgeLlavaForConditionalGeneration
+    from edgelmm.modeling.projectors import build_projector
+
+    base = get_preset(preset) if preset is not None else None
+    vision, llm = vision or preset, llm or preset
+    if vision is None or llm is None:
+        raise ConfigError("build_model needs a preset, or both vision= and llm=")
+    if projector is None:
+        projector = base.projector if base else DEFAULT_PROJECTOR
+        projector_args = projector_args if projector_args is not None else (base.projector_args if base else {})
+
+    vision_config, tower, image_spec = _vision_part(vision)
+    text_config, lm, tokenizer = _lm_part(llm, tokenizer)
+    same_preset = base is not None and vision == llm == preset
+    config = make_llava_config(vision_config, text_config, image_token_id=image_token_id(tokenizer),
+                               projector=projector, projector_args=projector_args,
+                               feature_layer=base.feature_layer if base else -2,
+                               preset=preset if same_preset else None)
+
+    # The shell is built without memory; every part is then a real module, loaded or freshly initialized.
+    with torch.device("meta"):
+        model = EdgeLlavaForConditionalGeneration(config)
+    model.model.vision_tower = tower or vision_arch_of(vision_config.model_type).model_cls()(config.vision_config)
+    lm = lm or AutoModelForCausalLM.from_config(config.text_config)
+    model.model.language_model, model.lm_head = lm.model, lm.lm_head
+    model.model.multi_modal_projector = build_projector(config)
+    if len(tokenizer) > config.text_config.vocab_size:  # a pretrained LM whose vocab lacked `<image>`
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    model.float()
+    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    assert not meta, f"parts left uninitialized: {meta[:3]}"
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return ModelParts(model, tokenizer, image_spec)
