@@ -54,7 +54,7 @@ PRESETS.add("demo", Preset(
                 num_hidden_layers=4, num_attention_heads=3),
     lm_arch="phi3",
     lm=dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=4, vocab_size=1024, max_position_embeddings=512),
+            num_key_value_heads=4, vocab_size=768, max_position_embeddings=512),
 ))
 
 # LLaVA-1.5 recipe on a Phi-3-mini-4k language model (as in llava-phi-3-mini).

@@ -78,7 +78,7 @@ def _vision_part(ref: str):
 def _default_tokenizer_json(vocab_size: int) -> str:
     from edgelmm.data.edgescenes import text_corpus
 
-    return train_tokenizer(text_corpus(n_scenes=1000, seed=12345), vocab_size).backend_tokenizer.to_str()
+    return train_tokenizer(text_corpus(n_scenes=300, seed=12345), vocab_size).backend_tokenizer.to_str()
 
 
 def default_tokenizer(vocab_size: int):
@@ -86,19 +86,25 @@ def default_tokenizer(vocab_size: int):
     return tokenizer_from_json(_default_tokenizer_json(vocab_size))
 
 
+def _preset_text_config(preset, tokenizer=None):
+    """The preset's LM config; a from-scratch LM takes its special tokens from its tokenizer."""
+    ids = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    if tokenizer is not None:
+        ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.pad_token_id}
+    return LANGUAGE_ARCHS.get(preset.lm_arch).make_config(**preset.lm, **ids)
+
+
 def _lm_part(ref: str, tokenizer):
     """(text config, loaded causal LM or None, tokenizer with `<image>`)."""
     kind, value = _resolve(ref, "llm")
     if kind == "preset":
-        config = LANGUAGE_ARCHS.get(value.lm_arch).make_config(**value.lm)
-        tokenizer = tokenizer or default_tokenizer(min(config.vocab_size, 4096))
-        if len(tokenizer) > config.vocab_size:
+        vocab_size = value.lm["vocab_size"]
+        tokenizer = tokenizer or default_tokenizer(min(vocab_size, 4096))
+        if len(tokenizer) > vocab_size:
             raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but preset {value.name!r} "
-                              f"has a vocabulary of {config.vocab_size}")
-        # A from-scratch LM takes its special tokens from its tokenizer.
-        config.bos_token_id, config.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
-        config.eos_token_id = tokenizer.eos_token_id
-        return config, None, tokenizer
+                              f"has a vocabulary of {vocab_size}")
+        return _preset_text_config(value, tokenizer), None, tokenizer
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -158,3 +164,26 @@ def build_model(preset: str | None = None, *, vision: str | None = None, llm: st
     assert not meta, f"parts left uninitialized: {meta[:3]}"
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return ModelParts(model, tokenizer, image_spec)
+
+
+def preset_summary(name: str) -> dict:
+    """A preset's parts, image-token count and parameter count per part, without allocating weights."""
+    import torch
+
+    from edgelmm.modeling.config import make_llava_config
+    from edgelmm.modeling.llava import EdgeLlavaForConditionalGeneration
+
+    preset = get_preset(name)
+    vision_config, _, _ = _vision_part(name)
+    text_config = _preset_text_config(preset)
+    config = make_llava_config(vision_config, text_config, image_token_id=text_config.vocab_size - 1,
+                               projector=preset.projector, projector_args=preset.projector_args,
+                               feature_layer=preset.feature_layer, preset=name)
+    with torch.device("meta"):
+        model = EdgeLlavaForConditionalGeneration(config)
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731 (shared weights once)
+    vision, projector, total = count(model.vision_tower), count(model.projector), count(model)
+    return {"name": name, "summary": preset.summary, "vision": preset.vision_arch,
+            "image_size": vision_config.image_size, "projector": preset.projector, "lm": preset.lm_arch,
+            "image_tokens": config.image_seq_length,
+            "params": {"vision": vision, "projector": projector, "lm": total - vision - projector, "total": total}}

@@ -1,0 +1,68 @@
+"""Checkpoints: a Hugging Face folder (config.json, model.safetensors, tokenizer, preprocessor_config.json).
+
+The folder is written atomically. `mlp2x_gelu` checkpoints are plain LLaVA checkpoints that
+transformers' `LlavaForConditionalGeneration` loads without edgelmm.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgelmm.errors import CheckpointError, UserError
+from edgelmm.fsutil import atomic_output_dir
+from edgelmm.imaging import ImageSpec
+from edgelmm.modeling.build import ModelParts
+
+PREPROCESSOR_FILE = "preprocessor_config.json"
+
+
+def save_checkpoint(parts: ModelParts, path: str | Path, *, force: bool = False) -> Path:
+    with atomic_output_dir(path, force) as tmp:
+        parts.model.save_pretrained(tmp)
+        parts.tokenizer.save_pretrained(tmp)
+        processor = {**parts.image_spec.to_hf(), "edgelmm_image_spec": parts.image_spec.to_dict()}
+        (tmp / PREPROCESSOR_FILE).write_text(json.dumps(processor, indent=2))
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path) -> ModelParts:
+    """Load an edgelmm checkpoint or a plain transformers LLaVA folder."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from edgelmm.modeling.llava import EdgeLlavaForConditionalGeneration
+    from edgelmm.tokenizer import add_image_token
+
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {path}")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{path} is not a checkpoint: no config.json")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_file} is not valid JSON: {e}") from None
+    if model_type != "llava":
+        raise CheckpointError(f"{path} holds a {model_type!r} model, not a LLaVA model")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise CheckpointError(f"{path} has no weights (model.safetensors)")
+    try:
+        model = EdgeLlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+        tokenizer = add_image_token(AutoTokenizer.from_pretrained(path))
+    except UserError:
+        raise
+    except Exception as e:  # safetensors, JSON and shape errors all mean a damaged checkpoint
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from None
+    processor_file = path / PREPROCESSOR_FILE
+    if processor_file.is_file():
+        processor = json.loads(processor_file.read_text())
+        spec = processor.get("edgelmm_image_spec")
+        image_spec = ImageSpec.from_dict(spec) if spec else ImageSpec.from_hf(processor)
+    else:
+        from edgelmm.modeling.architectures import vision_arch_of
+
+        vc = model.config.vision_config
+        image_spec = vision_arch_of(vc.model_type).image_spec(vc.image_size)
+    return ModelParts(model, tokenizer, image_spec)
