@@ -8,6 +8,7 @@ tokenizer and the image preprocessing it expects.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,19 @@ def _resolve(ref: str, part: str) -> tuple[str, object]:
     raise ConfigError(f"{part} {ref!r} is neither a preset ({', '.join(PRESETS)}) nor a local checkpoint folder")
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Hide transformers' load reports (e.g. a full CLIP checkpoint's unused text-tower weights)."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
 def _load_config(path: Path):
     from transformers import AutoConfig
 
@@ -63,7 +77,8 @@ def _vision_part(ref: str):
     config = _load_config(value)
     config = getattr(config, "vision_config", None) or config  # a full CLIP/SigLIP model holds a vision config
     arch = vision_arch_of(config.model_type)
-    tower = arch.model_cls().from_pretrained(value, config=config, dtype=torch.float32)
+    with _quiet_transformers():
+        tower = arch.model_cls().from_pretrained(value, config=config, dtype=torch.float32)
     processor_file = value / "preprocessor_config.json"
     if processor_file.exists():
         import json
@@ -110,7 +125,8 @@ def _lm_part(ref: str, tokenizer):
 
     config = _load_config(value)
     language_arch_of(config.model_type)
-    lm = AutoModelForCausalLM.from_pretrained(value, dtype=torch.float32)
+    with _quiet_transformers():
+        lm = AutoModelForCausalLM.from_pretrained(value, dtype=torch.float32)
     if tokenizer is None:
         try:
             tokenizer = AutoTokenizer.from_pretrained(value)
@@ -158,7 +174,8 @@ def build_model(preset: str | None = None, *, vision: str | None = None, llm: st
     model.model.language_model, model.lm_head = lm.model, lm.lm_head
     model.model.multi_modal_projector = build_projector(config)
     if len(tokenizer) > config.text_config.vocab_size:  # a pretrained LM whose vocab lacked `<image>`
-        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+        with _quiet_transformers():
+            model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
     model.float()
     meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     assert not meta, f"parts left uninitialized: {meta[:3]}"

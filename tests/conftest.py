@@ -1,0 +1,19 @@
+"""Shared fixtures: a tiny model and a small EdgeScenes data set, built once per test session."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from edgelmm.modeling import build_model
+
+    return build_model("tiny")
+
+
+@pytest.fixture(scope="session")
+def scenes_dir(tmp_path_factory):
+    from edgelmm.data.edgescenes import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("es") / "seed0", 120, seed=0, workers=2, progress=False)
