@@ -94,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         click.echo(f"edgelmm: error: {e}", err=True)
         return EXIT_USER_ERROR
+    except OSError as e:  # the file system said no (disk full, permission denied): not a bug
+        if verbose:
+            traceback.print_exc()
+        where = f": {e.filename}" if e.filename else ""
+        click.echo(f"edgelmm: error: {e.strerror or e}{where}", err=True)
+        return EXIT_USER_ERROR
     except Exception as e:  # a bug in edgelmm
         if verbose:
             traceback.print_exc()

@@ -77,8 +77,6 @@ class ImageSpec:
         return cls(size=int(size["height"]), resize="squash", **common)
 
 
-ImageInput = "str | Path | bytes | Image.Image | np.ndarray"
-
 
 def open_image(image) -> Image.Image:
     """Decode a path, bytes, PIL image or HxWx3 uint8 array into an upright RGB PIL image."""

@@ -66,3 +66,20 @@ def test_internal_error_is_exit_1_without_traceback(capsys, monkeypatch):
     assert code == 1 and "internal error: RuntimeError: boom" in err and "Traceback" not in err
     code, _, err = run(capsys, "-v", "data", "synth", "--out", "unused", "-q")
     assert code == 1 and "Traceback" in err
+
+
+def test_console_exit_codes_reach_the_shell():
+    import subprocess
+    import sys
+
+    bad = subprocess.run([sys.executable, "-m", "edgelmm", "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("edgelmm: error:") and "Traceback" not in bad.stderr
+    ok = subprocess.run([sys.executable, "-m", "edgelmm", "--version"], capture_output=True, text=True)
+    assert ok.returncode == 0
+
+
+def test_unwritable_output_is_a_user_error(capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    code, _, err = run(capsys, "data", "synth", "--out", str(tmp_path / "file" / "es"), "--n-images", "1", "-q")
+    assert code == 2 and err.startswith("edgelmm: error: cannot write to") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
