@@ -160,6 +160,7 @@ def build_model(preset: str | None = None, *, vision: str | None = None, llm: st
 
     vision_config, tower, image_spec = _vision_part(vision)
     text_config, lm, tokenizer = _lm_part(llm, tokenizer)
+    pretrained = [part for part, loaded in (("vision", tower), ("lm", lm)) if loaded is not None]
     same_preset = base is not None and vision == llm == preset
     config = make_llava_config(vision_config, text_config, image_token_id=image_token_id(tokenizer),
                                projector=projector, projector_args=projector_args,
@@ -180,6 +181,8 @@ def build_model(preset: str | None = None, *, vision: str | None = None, llm: st
     meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     assert not meta, f"parts left uninitialized: {meta[:3]}"
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # What is already trained, for the training stages' prerequisites (edgelmm.train.stages).
+    config.edgelmm_trained = pretrained
     return ModelParts(model, tokenizer, image_spec)
 
 

@@ -1,0 +1,127 @@
+"""Stage `clip`: CLIP-style contrastive pretraining of a from-scratch vision tower.
+
+The tower learns beside a small text encoder on image-caption pairs: both are projected to a shared
+space and trained with the symmetric InfoNCE loss with a learned temperature (CLIP). Afterwards a
+zero-shot classifier built from label prompts ("a photo of a {color} {shape}") checks what the tower
+learned on held-out images. Only the tower moves on into the LLaVA model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgelmm.data.llava import read_records
+from edgelmm.imaging import ImageSpec, preprocess
+
+MAX_CAPTION_TOKENS = 64
+
+
+class ContrastivePair(nn.Module):
+    """A vision tower and a text encoder trained to agree (CLIP)."""
+
+    def __init__(self, vision_tower: nn.Module, vocab_size: int, pad_token_id: int, embed_dim: int = 128,
+                 text_width: int = 128, text_layers: int = 2) -> None:
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        super().__init__()
+        self.vision = vision_tower
+        self.text = CLIPTextModel(CLIPTextConfig(
+            vocab_size=vocab_size, hidden_size=text_width, intermediate_size=4 * text_width,
+            num_hidden_layers=text_layers, num_attention_heads=max(text_width // 64, 1),
+            max_position_embeddings=MAX_CAPTION_TOKENS, pad_token_id=pad_token_id))
+        self.visual_projection = nn.Linear(vision_tower.config.hidden_size, embed_dim, bias=False)
+        self.text_projection = nn.Linear(text_width, embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
+
+    def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, E)
+        pooled = self.vision(pixel_values=pixel_values).pooler_output  # CLS after the final norm
+        return F.normalize(self.visual_projection(pooled), dim=-1)
+
+    def embed_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, W)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # mean over the caption's tokens
+        return F.normalize(self.text_projection(pooled), dim=-1)
+
+    def forward(self, pixel_values, input_ids, attention_mask):
+        img, txt = self.embed_images(pixel_values), self.embed_texts(input_ids, attention_mask)
+        # CLIP clamps the temperature so logits never exceed 100.
+        logits = self.logit_scale.clamp(max=math.log(100)).exp() * img @ txt.T  # (B, B)
+        target = torch.arange(len(img), device=img.device)
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        return {"loss": loss, "logits": logits}
+
+
+@dataclass
+class CaptionPairs(torch.utils.data.Dataset):
+    """(image, caption) pairs from a LLaVA caption file (stage1.json): the first reply is the caption."""
+
+    records: list[dict]
+    image_folder: object
+    tokenizer: object
+    image_spec: ImageSpec
+
+    @classmethod
+    def from_file(cls, json_path, image_folder, tokenizer, image_spec):
+        from edgelmm.data.llava import record_problem
+        from edgelmm.errors import DataError
+        from pathlib import Path
+
+        records = read_records(json_path)
+        for i, r in enumerate(records):
+            problem = record_problem(r, Path(image_folder))
+            if problem or "image" not in r:
+                raise DataError(f"record {r.get('id', i) if isinstance(r, dict) else i} in {json_path}: "
+                                f"{problem or 'no image'}")
+        return cls(records, Path(image_folder), tokenizer, image_spec)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        r = self.records[i]
+        caption = next(t["value"] for t in r["conversations"] if t["from"] == "gpt")
+        ids = self.tokenizer(caption, add_special_tokens=False).input_ids[:MAX_CAPTION_TOKENS]
+        return {"pixel_values": torch.from_numpy(preprocess(self.image_folder / r["image"], self.image_spec)),
+                "input_ids": torch.tensor(ids)}
+
+
+@dataclass
+class CaptionCollator:
+    pad_token_id: int
+
+    def __call__(self, samples: list[dict]) -> dict:
+        longest = max(len(s["input_ids"]) for s in samples)
+        ids = torch.full((len(samples), longest), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(samples), longest), dtype=torch.long)
+        for row, s in enumerate(samples):
+            ids[row, :len(s["input_ids"])] = s["input_ids"]
+            mask[row, :len(s["input_ids"])] = 1
+        return {"pixel_values": torch.stack([s["pixel_values"] for s in samples]), "input_ids": ids,
+                "attention_mask": mask}
+
+
+@torch.no_grad()
+def zero_shot_accuracy(pair: ContrastivePair, tokenizer, labels: list[str], images: list[torch.Tensor],
+                       truths: list[set[str]], template: str = "a photo of a {}") -> float:
+    """Classify each image as the label whose prompt embeds closest; correct when the label is one of
+    the image's true labels."""
+    if not images:
+        return float("nan")
+    pair.eval()
+    prompts = [template.format(label) for label in labels]
+    batch = CaptionCollator(tokenizer.pad_token_id)(
+        [{"input_ids": torch.tensor(tokenizer(p, add_special_tokens=False).input_ids), "pixel_values": images[0]}
+         for p in prompts])
+    classifier = pair.embed_texts(batch["input_ids"], batch["attention_mask"])  # (C, E)
+    correct = 0
+    for start in range(0, len(images), 64):
+        chunk = torch.stack(images[start:start + 64])
+        predicted = (pair.embed_images(chunk) @ classifier.T).argmax(-1)  # (B,)
+        correct += sum(labels[p] in truth for p, truth in zip(predicted.tolist(), truths[start:start + 64]))
+    return correct / len(images)
