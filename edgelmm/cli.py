@@ -7,6 +7,7 @@ libraries (torch, transformers) are imported only inside the commands that need 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 
@@ -76,10 +77,123 @@ def synth(out: str, n_images: int, seed: int, workers: int | None, force: bool, 
     click.echo(f"wrote {n_images} images and their data to {path}")
 
 
+def _train_options(f):
+    """Options shared by `edgelmm train` (one stage) and `edgelmm train recipe`.
+
+    --data and --out are required, but checked in the commands: click would demand them from
+    `edgelmm train` before it sees the `recipe` subcommand."""
+    options = [
+        click.option("--data", type=click.Path(), help="Data folder (EdgeScenes layout) or a LLaVA JSON file."),
+        click.option("--out", type=click.Path(file_okay=False), help="Output folder."),
+        click.option("--image-folder", type=click.Path(file_okay=False), help="Images [default: DATA/images]."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Random seed."),
+        click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint."),
+        click.option("--lora", is_flag=True, help="instruct: LoRA adapters on the LM instead of full tuning."),
+        click.option("--unfreeze-vision", is_flag=True, help="instruct: train the vision tower too."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate."),
+        click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Epochs."),
+        click.option("--batch-size", type=click.IntRange(min=1), help="Batch size per device."),
+        click.option("--grad-accum", type=click.IntRange(min=1), help="Gradient accumulation steps."),
+        click.option("--save-every", type=click.IntRange(min=1), help="Steps between checkpoints."),
+        click.option("--limit", type=click.IntRange(min=1), help="Use only the first N records."),
+        click.option("--skip-bad", is_flag=True, help="Skip (and count) broken data records."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _options_from(kw: dict):
+    from edgelmm.train.run import TrainOptions
+
+    for name in ("data", "out"):
+        if kw.get(name) is None:
+            raise click.UsageError(f"Missing option '--{name}'.")
+    overrides = {k: kw[k] for k in ("lr", "epochs", "batch_size", "grad_accum") if kw.get(k) is not None}
+    return TrainOptions(seed=kw["seed"], resume=kw["resume"], lora=kw["lora"], unfreeze_vision=kw["unfreeze_vision"],
+                        save_every=kw["save_every"], limit=kw["limit"], skip_bad=kw["skip_bad"],
+                        image_folder=kw["image_folder"], progress=not kw["quiet"], overrides=overrides or None)
+
+
+@app.group(invoke_without_command=True)
+@click.option("--stage", help="Stage to run: clip, lm, align or instruct.")
+@click.option("--preset", help="Start from this preset, built from scratch.")
+@click.option("--model", "model_path", type=click.Path(), help="Start from this checkpoint.")
+@_train_options
+@click.pass_context
+def train(ctx: click.Context, stage: str | None, preset: str | None, model_path: str | None, **kw) -> None:
+    """Train one stage (--stage), or every stage with `edgelmm train recipe`."""
+    if ctx.invoked_subcommand:
+        return
+    from edgelmm.train.run import run_stage
+    from edgelmm.train.stages import STAGES
+
+    if stage is None:
+        raise click.UsageError("give --stage (clip, lm, align, instruct) or use `edgelmm train recipe`")
+    STAGES.get(stage)
+    options = _options_from(kw)
+    final = run_stage(stage, data=kw["data"], out=kw["out"], preset=preset, model=model_path, options=options)
+    click.echo(f"stage {stage} finished: {final}")
+
+
+@train.command()
+@click.option("--preset", required=True, help="The preset to train from scratch.")
+@_train_options
+def recipe(preset: str, **kw) -> None:
+    """Run every stage of a preset in order; finished stages are skipped, an interrupted one resumes."""
+    from edgelmm.train.run import run_recipe
+
+    final = run_recipe(preset, data=kw["data"], out=kw["out"], options=_options_from(kw),
+                       log=lambda message: click.echo(message, err=True))
+    click.echo(f"recipe finished: {final}")
+
+
+@app.command("eval")
+@click.argument("model_path", metavar="MODEL", type=click.Path())
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Evaluation items (eval.json).")
+@click.option("--image-folder", type=click.Path(file_okay=False), help="Images [default: next to DATA/images].")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N items.")
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the full report here.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def evaluate_command(model_path: str, data: str, image_folder: str | None, limit: int | None, batch_size: int,
+                     json_out: str | None, quiet: bool) -> None:
+    """Exact-match accuracy per question type and POPE metrics of MODEL (a checkpoint) on DATA."""
+    from pathlib import Path
+
+    from edgelmm.eval.evaluate import evaluate, read_eval_items
+    from edgelmm.fsutil import atomic_write_text
+    from edgelmm.modeling import load_checkpoint
+
+    items = read_eval_items(data, limit)
+    parts = load_checkpoint(model_path)
+    report = evaluate(parts, items, image_folder or Path(data).parent / "images", batch_size, progress=not quiet)
+    click.echo(format_report(report))
+    if json_out:
+        atomic_write_text(json_out, json.dumps(report, indent=2))
+
+
+def format_report(report: dict) -> str:
+    lines = [f"exact match  {report['exact_match']:.1%}  ({report['n']} questions)"]
+    lines += [f"  {t:<9}  {r['exact_match']:.1%}  ({r['n']})" for t, r in report["per_type"].items()]
+    if "pope" in report:
+        p = report["pope"]
+        lines.append(f"POPE  accuracy {p['accuracy']:.1%}  precision {p['precision']:.1%}  recall {p['recall']:.1%}"
+                     f"  F1 {p['f1']:.3f}  yes-ratio {p['yes_ratio']:.1%}")
+        for split in ("random", "popular", "adversarial"):
+            if split in p:
+                lines.append(f"  {split:<11}  F1 {p[split]['f1']:.3f}  accuracy {p[split]['accuracy']:.1%}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 internal error, 2 user error)."""
     args = sys.argv[1:] if argv is None else argv
     verbose = any(a in ("-v", "--verbose") for a in args)
+    if not verbose:  # library chatter (load reports, per-file progress bars) only with -v
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         code = app.main(args=args, prog_name="edgelmm", standalone_mode=False)
         return code if isinstance(code, int) else 0

@@ -62,10 +62,10 @@ PRESETS.add("demo", Preset(
     # Tuned for about an hour on 2 CPU cores with 10,000 EdgeScenes images. A from-scratch model this
     # small learns far faster than LLaVA's 2e-5, and the instruct stage keeps tuning the tower.
     training={
-        "clip": {"lr": 1e-3, "epochs": 6, "batch_size": 128, "warmup": 0.05},
+        "clip": {"lr": 1e-3, "epochs": 4, "batch_size": 128, "warmup": 0.05},
         "lm": {"lr": 1e-3, "epochs": 1, "batch_size": 32, "max_length": 256},
         "align": {"lr": 1e-3, "epochs": 1, "batch_size": 32, "grad_accum": 1, "max_length": 256},
-        "instruct": {"lr": 5e-4, "epochs": 2, "batch_size": 16, "grad_accum": 1, "max_length": 256,
+        "instruct": {"lr": 5e-4, "epochs": 1, "batch_size": 16, "grad_accum": 1, "max_length": 256,
                      "trains": ["projector", "language_model", "vision_tower"]},
     },
 ))

@@ -33,7 +33,8 @@ class ContrastivePair(nn.Module):
         self.text = CLIPTextModel(CLIPTextConfig(
             vocab_size=vocab_size, hidden_size=text_width, intermediate_size=4 * text_width,
             num_hidden_layers=text_layers, num_attention_heads=max(text_width // 64, 1),
-            max_position_embeddings=MAX_CAPTION_TOKENS, pad_token_id=pad_token_id))
+            max_position_embeddings=MAX_CAPTION_TOKENS, pad_token_id=pad_token_id, bos_token_id=pad_token_id,
+            eos_token_id=pad_token_id))  # pooling is a masked mean, so these ids only need to be valid
         self.visual_projection = nn.Linear(vision_tower.config.hidden_size, embed_dim, bias=False)
         self.text_projection = nn.Linear(text_width, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature

@@ -9,6 +9,7 @@ finished stages and resuming an interrupted one.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +37,10 @@ class TrainOptions:
     image_folder: str | None = None
     progress: bool = True
     overrides: dict | None = None  # hyperparameters to change (lr, epochs, batch_size, ...)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 # ---- data locations ------------------------------------------------------------------------------
@@ -73,8 +78,9 @@ def fresh_model(preset_name: str, data: str | Path, out: Path, seed: int) -> Mod
         files = [data / n for n in ("stage1.json", "stage2.json") if (data / n).is_file()] if data.is_dir() else [data]
         if not files:
             raise DataError(f"no stage1.json or stage2.json in {data} to train a tokenizer on")
-        tokenizer = train_tokenizer(corpus(files), vocab_size=preset.lm["vocab_size"])
-        tokenizer.save_pretrained(tok_dir)
+        tokenizer = train_tokenizer(corpus(files), vocab_size=preset.lm["vocab_size"])  # deterministic
+        if is_main_process():
+            tokenizer.save_pretrained(tok_dir)
     torch.manual_seed(seed)
     return build_model(preset_name, tokenizer=tokenizer)
 
@@ -209,6 +215,8 @@ def run_stage(name: str, *, data: str | Path, out: str | Path, preset: str | Non
     started = time.time()
     metrics = TRAINERS[stage.kind](parts, stage, files, folder, out / "run", opts)
     seconds = time.time() - started
+    if not is_main_process():  # under torchrun / accelerate launch, one process writes the result
+        return out / "model"
     config = parts.model.config
     config.edgelmm_trained = sorted({*(getattr(config, "edgelmm_trained", None) or []), stage.provides})
     config.edgelmm_stages = [*(getattr(config, "edgelmm_stages", None) or []), stage.name]

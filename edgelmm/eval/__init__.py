@@ -1,0 +1,1 @@
+"""Evaluation: short-answer exact match per question type and POPE metrics."""

@@ -1,0 +1,73 @@
+"""Running a model over short-answer evaluation items (reference: the PyTorch checkpoint)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from edgelmm.data.llava import expand_image_token, read_records
+from edgelmm.errors import DataError
+from edgelmm.eval.metrics import score
+from edgelmm.imaging import preprocess
+from edgelmm.tokenizer import IMAGE_TOKEN
+
+
+def read_eval_items(path: str | Path, limit: int | None = None) -> list[dict]:
+    items = read_records(path)[: limit or None]
+    for i, item in enumerate(items):
+        missing = [k for k in ("question", "answer") if not isinstance(item, dict) or k not in item]
+        if missing:
+            raise DataError(f"eval item {item.get('id', i) if isinstance(item, dict) else i} in {path}: "
+                            f"missing {', '.join(missing)}")
+    return items
+
+
+def prompt_ids(parts, question: str, with_image: bool) -> list[int]:
+    """Token ids of a one-turn chat prompt ending with the assistant header, `<image>` expanded."""
+    tok = parts.tokenizer
+    content = f"{IMAGE_TOKEN}\n{question}" if with_image else question
+    text = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    ids = tok(text, add_special_tokens=False).input_ids
+    if with_image:
+        ids, _ = expand_image_token(ids, ids, tok.convert_tokens_to_ids(IMAGE_TOKEN), parts.num_image_tokens)
+    return ids
+
+
+@torch.no_grad()
+def answer_batch(parts, questions: list[str], images: list, max_new_tokens: int = 16) -> list[str]:
+    """Greedy answers for a batch of (question, image path or None), left-padded together."""
+    model, tok = parts.model, parts.tokenizer
+    model.eval()
+    prompts = [prompt_ids(parts, q, img is not None) for q, img in zip(questions, images)]
+    longest = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), longest), tok.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, p in enumerate(prompts):
+        input_ids[row, longest - len(p):] = torch.tensor(p)
+        attention_mask[row, longest - len(p):] = 1
+    pixels = [torch.from_numpy(preprocess(img, parts.image_spec)) for img in images if img is not None]
+    stop = [t for t in {tok.eos_token_id, tok.convert_tokens_to_ids("<|endoftext|>")} if isinstance(t, int) and t >= 0]
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                         pixel_values=torch.stack(pixels) if pixels else None, do_sample=False,
+                         max_new_tokens=max_new_tokens, eos_token_id=stop, pad_token_id=tok.pad_token_id)
+    return [tok.decode(row[longest:], skip_special_tokens=True).strip() for row in out]
+
+
+def evaluate(parts, items: list[dict], image_folder: str | Path, batch_size: int = 16, progress: bool = True) -> dict:
+    """Answer every item greedily and score the answers; the report includes each prediction."""
+    from tqdm import tqdm
+
+    image_folder = Path(image_folder)
+    predictions: list[str] = []
+    for start in tqdm(range(0, len(items), batch_size), desc="evaluating", disable=not progress):
+        batch = items[start:start + batch_size]
+        images = [image_folder / it["image"] if it.get("image") else None for it in batch]
+        missing = [str(p) for p in images if p is not None and not p.is_file()]
+        if missing:
+            raise DataError(f"eval images missing: {', '.join(missing[:3])}")
+        predictions.extend(answer_batch(parts, [it["question"] for it in batch], images))
+    report = score(items, predictions)
+    report["predictions"] = [{"id": it.get("id"), "type": it.get("type"), "answer": it["answer"], "prediction": p}
+                             for it, p in zip(items, predictions)]
+    return report
