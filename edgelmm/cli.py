@@ -56,6 +56,34 @@ def presets(as_json: bool) -> None:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
+@app.command()
+@click.option("--preset", help="A preset (random weights).")
+@click.option("--vision", help="Vision tower: a preset name or a local CLIP/SigLIP folder.")
+@click.option("--llm", help="Language model: a preset name or a local causal-LM folder.")
+@click.option("--projector", help="Projector type [default: the preset's, else mlp2x_gelu].")
+@click.option("--projector-arg", "projector_args", multiple=True, metavar="KEY=INT",
+              help="Projector argument, e.g. pool=2 or num_queries=64 (repeatable).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint folder to write.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for the new weights.")
+@click.option("--force", is_flag=True, help="Replace an existing folder.")
+def build(preset, vision, llm, projector, projector_args, out, seed, force) -> None:
+    """Build a model (preset or local pretrained parts, new projector) and save it as a checkpoint."""
+    import torch
+
+    from edgelmm.modeling import build_model, save_checkpoint
+
+    args = {}
+    for item in projector_args:
+        key, sep, value = item.partition("=")
+        if not sep or not value.lstrip("-").isdigit():
+            raise click.BadParameter(f"{item!r} is not KEY=INT", param_hint="--projector-arg")
+        args[key] = int(value)
+    torch.manual_seed(seed)
+    parts = build_model(preset, vision=vision, llm=llm, projector=projector, projector_args=args or None)
+    path = save_checkpoint(parts, out, force=force)
+    click.echo(f"wrote {path} ({parts.num_image_tokens} image tokens per image)")
+
+
 @app.group()
 def data() -> None:
     """Make and inspect training data."""
@@ -97,6 +125,8 @@ def _train_options(f):
         click.option("--save-every", type=click.IntRange(min=1), help="Steps between checkpoints."),
         click.option("--limit", type=click.IntRange(min=1), help="Use only the first N records."),
         click.option("--skip-bad", is_flag=True, help="Skip (and count) broken data records."),
+        click.option("--deepspeed", type=click.Path(dir_okay=False, exists=True),
+                     help="DeepSpeed config (edgelmm/train/configs/zero2.json, zero3.json)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
     ]
     for option in reversed(options):
@@ -113,7 +143,8 @@ def _options_from(kw: dict):
     overrides = {k: kw[k] for k in ("lr", "epochs", "batch_size", "grad_accum") if kw.get(k) is not None}
     return TrainOptions(seed=kw["seed"], resume=kw["resume"], lora=kw["lora"], unfreeze_vision=kw["unfreeze_vision"],
                         save_every=kw["save_every"], limit=kw["limit"], skip_bad=kw["skip_bad"],
-                        image_folder=kw["image_folder"], progress=not kw["quiet"], overrides=overrides or None)
+                        image_folder=kw["image_folder"], progress=not kw["quiet"], overrides=overrides or None,
+                        deepspeed=kw["deepspeed"])
 
 
 @app.group(invoke_without_command=True)

@@ -63,9 +63,9 @@ PRESETS.add("demo", Preset(
     # small learns far faster than LLaVA's 2e-5, and the instruct stage keeps tuning the tower.
     training={
         "clip": {"lr": 1e-3, "epochs": 4, "batch_size": 128, "warmup": 0.05},
-        "lm": {"lr": 1e-3, "epochs": 1, "batch_size": 32, "max_length": 256},
+        "lm": {"lr": 1e-3, "epochs": 0.35, "batch_size": 32, "max_length": 256},
         "align": {"lr": 1e-3, "epochs": 1, "batch_size": 32, "grad_accum": 1, "max_length": 256},
-        "instruct": {"lr": 5e-4, "epochs": 1, "batch_size": 16, "grad_accum": 1, "max_length": 256,
+        "instruct": {"lr": 5e-4, "epochs": 1.5, "batch_size": 16, "grad_accum": 1, "max_length": 256,
                      "trains": ["projector", "language_model", "vision_tower"]},
     },
 ))

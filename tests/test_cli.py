@@ -83,3 +83,28 @@ def test_unwritable_output_is_a_user_error(capsys, tmp_path):
     code, _, err = run(capsys, "data", "synth", "--out", str(tmp_path / "file" / "es"), "--n-images", "1", "-q")
     assert code == 2 and err.startswith("edgelmm: error: cannot write to") and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_build_writes_a_checkpoint(capsys, tmp_path):
+    code, out, err = run(capsys, "build", "--preset", "tiny", "--projector", "ldpv2", "--projector-arg", "pool=2",
+                         "--out", str(tmp_path / "ckpt"))
+    assert code == 0, err
+    assert "4 image tokens" in out
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["projector_type"] == "ldpv2" and config["projector_args"] == {"pool": 2}
+    code, _, err = run(capsys, "build", "--preset", "tiny", "--projector-arg", "pool", "--out", str(tmp_path / "x"))
+    assert code == 2 and "KEY=INT" in err
+    code, _, err = run(capsys, "build", "--preset", "nope", "--out", str(tmp_path / "y"))
+    assert code == 2 and "unknown preset 'nope'" in err
+
+
+def test_train_needs_a_stage_and_its_data(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert code == 2 and "--stage" in err
+    code, _, err = run(capsys, "train", "--stage", "warp", "--data", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert code == 2 and "unknown training stage 'warp'" in err
+    code, _, err = run(capsys, "train", "recipe", "--preset", "tiny", "--data", str(tmp_path))
+    assert code == 2 and "Missing option '--out'" in err
+    code, _, err = run(capsys, "train", "--stage", "clip", "--preset", "tiny", "--data", str(tmp_path),
+                       "--out", str(tmp_path / "o"))
+    assert code == 2 and "missing" in err and "stage1.json" in err

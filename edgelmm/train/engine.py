@@ -80,7 +80,7 @@ class JsonlLog(TrainerCallback):
 
 
 def training_arguments(run_dir: Path, hyper: Hyper, n_samples: int, *, seed: int, save_every: int | None,
-                       progress: bool) -> TrainingArguments:
+                       progress: bool, deepspeed: str | None = None) -> TrainingArguments:
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
     steps_per_epoch = max(math.ceil(n_samples / (hyper.batch_size * hyper.grad_accum * world)), 1)
     total = max(math.ceil(steps_per_epoch * hyper.epochs), 1)
@@ -111,22 +111,28 @@ def training_arguments(run_dir: Path, hyper: Hyper, n_samples: int, *, seed: int
         report_to=["tensorboard"] if importlib.util.find_spec("tensorboard") else "none",
         disable_tqdm=not progress,
         dataloader_drop_last=False,
+        deepspeed=deepspeed,  # a ZeRO config file (edgelmm/train/configs) for real-scale multi-GPU runs
     )
 
 
 def run_training(model, dataset, collator, hyper: Hyper, run_dir: str | Path, *, seed: int = 0,
-                 resume: bool = False, save_every: int | None = None, progress: bool = True) -> dict:
+                 resume: bool = False, save_every: int | None = None, progress: bool = True,
+                 deepspeed: str | None = None) -> dict:
     """Train `model` in place; returns the final training metrics. `resume` continues from the newest
     complete checkpoint in `run_dir` (a fresh start when there is none)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = complete_checkpoints(run_dir)
+    if int(os.environ.get("RANK", "0")) == 0:  # folders of a checkpoint cut short by a kill are debris
+        for partial in set(run_dir.glob("checkpoint-*")) - set(checkpoints):
+            shutil.rmtree(partial, ignore_errors=True)
     if checkpoints and not resume:
         raise UserError(f"{run_dir} holds checkpoints of an earlier run; resume it with --resume or choose "
                         "another output folder")
     resume_from = str(checkpoints[-1]) if resume and checkpoints else None
     resume_step = int(checkpoints[-1].name.rsplit("-", 1)[1]) if resume_from else 0
-    args = training_arguments(run_dir, hyper, len(dataset), seed=seed, save_every=save_every, progress=progress)
+    args = training_arguments(run_dir, hyper, len(dataset), seed=seed, save_every=save_every, progress=progress,
+                              deepspeed=deepspeed)
     trainer = EdgeTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                           callbacks=[JsonlLog(run_dir / "log.jsonl", resume_step)])
     if not progress:  # without a progress bar the Trainer would print every log record instead

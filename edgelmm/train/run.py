@@ -37,6 +37,11 @@ class TrainOptions:
     image_folder: str | None = None
     progress: bool = True
     overrides: dict | None = None  # hyperparameters to change (lr, epochs, batch_size, ...)
+    deepspeed: str | None = None  # DeepSpeed config file (multi-GPU, real scale)
+
+    def engine_kwargs(self) -> dict:
+        return {"seed": self.seed, "resume": self.resume, "save_every": self.save_every,
+                "progress": self.progress, "deepspeed": self.deepspeed}
 
 
 def is_main_process() -> bool:
@@ -121,7 +126,7 @@ def _train_clip(parts: ModelParts, stage: Stage, files, folder, run_dir: Path, o
     torch.manual_seed(opts.seed)
     pair = ContrastivePair(parts.model.model.vision_tower, len(parts.tokenizer), parts.tokenizer.pad_token_id)
     metrics = run_training(pair, train, CaptionCollator(parts.tokenizer.pad_token_id), stage.hyper, run_dir,
-                           seed=opts.seed, resume=opts.resume, save_every=opts.save_every, progress=opts.progress)
+                           **opts.engine_kwargs())
     metrics["zero_shot_accuracy"] = zero_shot_check(pair, parts, check, folder)
     return metrics
 
@@ -150,7 +155,7 @@ def _train_lm(parts: ModelParts, stage: Stage, files, folder, run_dir: Path, opt
     dataset = ChatTextDataset(records, parts.tokenizer, stage.hyper.max_length)
     set_trainable(parts.model, stage.trains)
     return run_training(parts.model, dataset, LlavaCollator(parts.tokenizer.pad_token_id), stage.hyper, run_dir,
-                        seed=opts.seed, resume=opts.resume, save_every=opts.save_every, progress=opts.progress)
+                        **opts.engine_kwargs())
 
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|qkv_proj|gate_proj|up_proj|down_proj|gate_up_proj)"
@@ -169,7 +174,7 @@ def _train_llava(parts: ModelParts, stage: Stage, files, folder, run_dir: Path, 
     if opts.lora:
         model = with_lora(model, stage)
     metrics = run_training(model, dataset, LlavaCollator(parts.tokenizer.pad_token_id), stage.hyper, run_dir,
-                           seed=opts.seed, resume=opts.resume, save_every=opts.save_every, progress=opts.progress)
+                           **opts.engine_kwargs())
     if opts.lora:
         parts.model = model.merge_and_unload()  # the checkpoint carries plain weights
     metrics["skipped_records"] = sum(sum(d.skipped.values()) for d in datasets)
