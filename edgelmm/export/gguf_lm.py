@@ -1,0 +1,88 @@
+"""The language model of a LLaVA checkpoint as a GGUF file that llama.cpp runs.
+
+Tensors are renamed with gguf-py's own tables (the names llama.cpp's converter uses); hyperparameters
+are written per architecture. Llama's q/k projections are permuted into the rotary-embedding layout
+llama.cpp expects (Hugging Face stores them interleaved by halves); Phi-3 and Qwen2 need no change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from gguf import GGUFWriter, LlamaFileType, MODEL_ARCH, MODEL_ARCH_NAMES, get_tensor_name_map
+
+from edgelmm.errors import ConfigError
+from edgelmm.export.gguf_tokenizer import add_tokenizer
+
+GGUF_ARCHS = {"phi3": MODEL_ARCH.PHI3, "llama": MODEL_ARCH.LLAMA, "qwen2": MODEL_ARCH.QWEN2}
+DTYPES = {"f32": (np.float32, LlamaFileType.ALL_F32), "f16": (np.float16, LlamaFileType.MOSTLY_F16)}
+
+
+def _permute_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Hugging Face's rotary layout (halves) -> llama.cpp's (interleaved pairs), per head."""
+    out = w.shape[0]
+    return w.reshape(n_head, 2, out // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def lm_tensors(model):
+    """(Hugging Face causal-LM name, tensor) of the language model inside a LLaVA model."""
+    for name, tensor in model.model.language_model.state_dict().items():
+        yield f"model.{name}", tensor
+    if not model.config.tie_word_embeddings:
+        yield "lm_head.weight", model.lm_head.weight
+
+
+def _hparams(writer: GGUFWriter, cfg) -> None:
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads or cfg.num_attention_heads)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_rope_dimension_count(int(head_dim * getattr(cfg, "partial_rotary_factor", 1.0)))
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+    writer.add_rope_freq_base(float(theta))
+    if rope.get("rope_type", "default") not in ("default", None):
+        raise ConfigError(f"RoPE scaling {rope.get('rope_type')!r} is not supported for GGUF export yet")
+    writer.add_vocab_size(cfg.vocab_size)
+
+
+def export_gguf(parts, path: str | Path, dtype: str = "f32", name: str = "edgelmm") -> Path:
+    """Write the LM of `parts` (ModelParts) with its tokenizer to a GGUF file at `path`."""
+    cfg = parts.model.config.text_config
+    if cfg.model_type not in GGUF_ARCHS:
+        raise ConfigError(f"cannot export a {cfg.model_type!r} language model to GGUF; supported: "
+                          f"{', '.join(GGUF_ARCHS)}")
+    arch = GGUF_ARCHS[cfg.model_type]
+    np_dtype, file_type = DTYPES[dtype]
+    names = get_tensor_name_map(arch, cfg.num_hidden_layers)
+    writer = GGUFWriter(str(path), MODEL_ARCH_NAMES[arch])
+    writer.add_name(name)
+    writer.add_file_type(file_type)
+    _hparams(writer, cfg)
+    add_tokenizer(writer, parts.tokenizer, cfg.vocab_size, parts.tokenizer.chat_template)
+    n_kv = cfg.num_key_value_heads or cfg.num_attention_heads
+    for hf_name, tensor in lm_tensors(parts.model):
+        if "rotary_emb" in hf_name:
+            continue
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise ConfigError(f"no GGUF name for tensor {hf_name}")
+        t = tensor.detach().float()
+        if arch == MODEL_ARCH.LLAMA and hf_name.endswith("q_proj.weight"):
+            t = _permute_rope(t, cfg.num_attention_heads)
+        elif arch == MODEL_ARCH.LLAMA and hf_name.endswith("k_proj.weight"):
+            t = _permute_rope(t, n_kv)
+        # Norms and biases stay float32: llama.cpp expects 1-D tensors unquantized.
+        out = t.numpy().astype(np_dtype if t.ndim == 2 else np.float32)
+        writer.add_tensor(gguf_name, out)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)

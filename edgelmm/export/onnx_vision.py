@@ -1,0 +1,57 @@
+"""Vision tower + projector as one ONNX graph: pixel_values (B, 3, H, W) -> image embeddings (B, N, D_lm).
+
+The graph computes exactly the features the language model sees: the configured feature layer, CLS
+handling and projector. Layers past the feature layer never influence the output, so they are cut
+before export: LLaVA-1.5 reads the second-to-last layer, and the last layer would be wasted work.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgelmm.errors import ConfigError
+
+OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "pixel_values", "image_embeds"
+
+
+class VisionEncoder(nn.Module):
+    """The image half of a LLaVA model, as the language model consumes it."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        config = model.config
+        layer = config.vision_feature_layer
+        if not isinstance(layer, int):
+            raise ConfigError("exporting several vision feature layers is not supported")
+        self.tower = copy.deepcopy(model.model.vision_tower)
+        n_layers = len(self.tower.encoder.layers)
+        depth = layer if layer >= 0 else n_layers + 1 + layer  # hidden_states[0] is the embedding output
+        self.tower.encoder.layers = self.tower.encoder.layers[:depth]
+        self.drop_cls = config.vision_feature_select_strategy == "default"
+        self.projector = model.model.multi_modal_projector
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self.tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-1]  # (B, P, Dv)
+        if self.drop_cls:
+            hidden = hidden[:, 1:]
+        return self.projector(hidden)  # (B, N, D_lm)
+
+
+def export_vision_onnx(model, path: str | Path, image_size: int) -> Path:
+    """Write the vision encoder of `model` to `path` (dynamic batch); large graphs get external data."""
+    path = Path(path)
+    encoder = VisionEncoder(model).eval()
+    example = torch.zeros(2, 3, image_size, image_size)
+    n_bytes = sum(p.numel() * p.element_size() for p in encoder.parameters())
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with torch.no_grad():
+        program = torch.onnx.export(encoder, (example,), dynamo=True, opset_version=OPSET,
+                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    dynamic_shapes={"pixel_values": {0: batch}}, verbose=False)
+    program.save(str(path), external_data=n_bytes > 1_500_000_000)  # protobuf stops at 2 GB
+    return path
