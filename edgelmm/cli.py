@@ -218,13 +218,77 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+@app.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
+@click.option("--quant", default="q4_k_m", show_default=True,
+              type=click.Choice(["q4_k_m", "q4_0", "q8_0", "f16", "f32"]), help="Language-model weights.")
+@click.option("--vision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Vision graph precision.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+def export(checkpoint: str, out: str, quant: str, vision: str, force: bool) -> None:
+    """Export CHECKPOINT to a bundle: vision.onnx + the LM as GGUF + edgelmm.json."""
+    from edgelmm.export.bundle import export_bundle
+    from edgelmm.fsutil import check_output_dir
+
+    check_output_dir(out, force)  # before minutes of work
+    path = export_bundle(checkpoint, out, quant=quant, vision=vision, force=force,
+                         log=lambda message: click.echo(message, err=True))
+    click.echo(f"wrote bundle {path}")
+
+
+@app.command()
+@click.argument("bundle", type=click.Path())
+def show(bundle: str) -> None:
+    """Print a readable summary of BUNDLE's manifest."""
+    from edgelmm.export.manifest import read_manifest
+
+    m = read_manifest(bundle)
+    vis, lm = m["vision"], m["lm"]
+    size = sum(f["size"] for f in m["files"].values())
+    lines = [f"bundle      {bundle} (format {m['format_version']}, {size / 1e6:.1f} MB)",
+             f"vision      {m['files']['vision']['path']} ({vis['precision']}, projector {vis['projector']}): "
+             f"{vis['input']['size']}x{vis['input']['size']} {vis['input']['resize']} -> "
+             f"{vis['output']['tokens']} tokens x {vis['output']['width']}",
+             f"language    {m['files']['lm']['path']} ({lm['architecture']}, {lm['quant']}, "
+             f"context {lm['context_length']}, vocabulary {lm['vocab_size']})",
+             f"prompt      image placeholder {m['prompt']['image_placeholder']}, stops at {', '.join(m['prompt']['stop'])}",
+             f"generation  max {m['generation']['max_tokens']} tokens, temperature {m['generation']['temperature']}",
+             f"made by     edgelmm {m['provenance']['edgelmm_version']} from {m['provenance']['source_checkpoint']} "
+             f"at {m['provenance']['created']}"]
+    click.echo("\n".join(lines))
+
+
+@app.command()
+@click.argument("bundle", type=click.Path())
+@click.pass_context
+def verify(ctx: click.Context, bundle: str) -> None:
+    """Check BUNDLE's file hashes and that ONNX Runtime and llama.cpp open its files."""
+    from edgelmm.export.verify import verify_bundle
+
+    problems = verify_bundle(bundle, verbose=ctx.obj["verbose"])
+    if problems:
+        raise UserError(f"{bundle} failed verification: " + "; ".join(problems))
+    click.echo(f"{bundle}: ok")
+
+
+def _quiet_libraries() -> None:
+    """Library chatter (load reports, per-file progress bars) only with -v."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported (an embedding program): tell it directly
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 internal error, 2 user error)."""
     args = sys.argv[1:] if argv is None else argv
     verbose = any(a in ("-v", "--verbose") for a in args)
-    if not verbose:  # library chatter (load reports, per-file progress bars) only with -v
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not verbose:
+        _quiet_libraries()
     try:
         code = app.main(args=args, prog_name="edgelmm", standalone_mode=False)
         return code if isinstance(code, int) else 0

@@ -7,7 +7,10 @@ before export: LLaVA-1.5 reads the second-to-last layer, and the last layer woul
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -42,6 +45,20 @@ class VisionEncoder(nn.Module):
         return self.projector(hidden)  # (B, N, D_lm)
 
 
+@contextlib.contextmanager
+def _exporter_quiet():
+    """The exporter reports skipped torchvision ops and deprecations that concern its own internals."""
+    torch_onnx_log = logging.getLogger("torch.onnx")
+    level = torch_onnx_log.level
+    torch_onnx_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch_onnx_log.setLevel(level)
+
+
 def export_vision_onnx(model, path: str | Path, image_size: int) -> Path:
     """Write the vision encoder of `model` to `path` (dynamic batch); large graphs get external data."""
     path = Path(path)
@@ -49,7 +66,7 @@ def export_vision_onnx(model, path: str | Path, image_size: int) -> Path:
     example = torch.zeros(2, 3, image_size, image_size)
     n_bytes = sum(p.numel() * p.element_size() for p in encoder.parameters())
     batch = torch.export.Dim("batch", min=1, max=1024)
-    with torch.no_grad():
+    with torch.no_grad(), _exporter_quiet():
         program = torch.onnx.export(encoder, (example,), dynamo=True, opset_version=OPSET,
                                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                     dynamic_shapes={"pixel_values": {0: batch}}, verbose=False)

@@ -1,0 +1,96 @@
+"""`edgelmm export`: a checkpoint becomes a bundle folder (vision.onnx, the LM's .gguf, edgelmm.json).
+
+The bundle is built under a temporary name and renamed at the end, so an interrupted export never
+leaves a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+from edgelmm import __version__
+from edgelmm.errors import ConfigError
+from edgelmm.export.manifest import FORMAT, FORMAT_VERSION, MANIFEST, file_entry
+from edgelmm.fsutil import atomic_output_dir
+from edgelmm.quantize.gguf import ALL_TYPES, EXPORT_TYPES, quantize_gguf
+from edgelmm.quantize.onnx import VISION_PRECISIONS, convert_vision
+from edgelmm.tokenizer import IMAGE_TOKEN
+
+DEFAULT_MAX_TOKENS = 256
+
+
+def stop_strings(parts) -> list[str]:
+    """The texts that end an answer: the generation config's EOS tokens and the tokenizer's."""
+    eos = parts.model.generation_config.eos_token_id
+    ids = eos if isinstance(eos, list) else [eos]
+    ids = [i for i in [*ids, parts.tokenizer.eos_token_id] if i is not None]
+    return sorted({parts.tokenizer.convert_ids_to_tokens(i) for i in ids})
+
+
+def check_exportable(parts) -> None:
+    from edgelmm.export.gguf_lm import GGUF_ARCHS
+
+    arch = parts.model.config.text_config.model_type
+    if arch not in GGUF_ARCHS:
+        raise ConfigError(f"cannot export language model {arch!r}; supported: {', '.join(GGUF_ARCHS)}")
+    layer = parts.model.config.vision_feature_layer
+    if not isinstance(layer, int):
+        raise ConfigError("cannot export a model that concatenates several vision feature layers")
+
+
+def export_bundle(checkpoint: str | Path, out: str | Path, *, quant: str = "q4_k_m", vision: str = "fp32",
+                  force: bool = False, log=lambda message: None) -> Path:
+    """Export `checkpoint` to the bundle folder `out`; returns its path."""
+    from edgelmm.export.gguf_lm import export_gguf
+    from edgelmm.export.onnx_vision import export_vision_onnx
+    from edgelmm.modeling import load_checkpoint
+
+    if quant not in ALL_TYPES:
+        raise ConfigError(f"unknown quantization {quant!r}; valid: {', '.join(ALL_TYPES)}")
+    if vision not in VISION_PRECISIONS:
+        raise ConfigError(f"unknown vision precision {vision!r}; valid: {', '.join(VISION_PRECISIONS)}")
+    parts = load_checkpoint(checkpoint)
+    check_exportable(parts)
+    config = parts.model.config
+    lm_file = f"lm-{quant}.gguf"
+    with atomic_output_dir(out, force) as tmp:
+        log("exporting the vision tower and projector to ONNX")
+        exported = export_vision_onnx(parts.model, tmp / "vision-fp32.onnx", parts.image_spec.size)
+        convert_vision(exported, tmp / "vision.onnx", vision)
+        exported.unlink()
+        log(f"exporting the language model to GGUF ({quant})")
+        if quant in EXPORT_TYPES:
+            export_gguf(parts, tmp / lm_file, dtype=quant)
+        else:
+            export_gguf(parts, tmp / "lm-f32.gguf", dtype="f32")
+            quantize_gguf(tmp / "lm-f32.gguf", tmp / lm_file, quant)
+            (tmp / "lm-f32.gguf").unlink()
+        files = {"vision": file_entry(tmp, "vision.onnx"), "lm": file_entry(tmp, lm_file)}
+        for extra in sorted(p.name for p in tmp.iterdir() if p.name not in ("vision.onnx", lm_file)):
+            files[f"vision_data:{extra}"] = file_entry(tmp, extra)  # external weights of a large graph
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "files": files,
+            "vision": {
+                "precision": vision,
+                "input": {"name": "pixel_values", "layout": "NCHW", "dtype": "float32", "channel_order": "RGB",
+                          **parts.image_spec.to_dict()},
+                "output": {"name": "image_embeds", "tokens": parts.num_image_tokens,
+                           "width": config.text_config.hidden_size},
+                "projector": getattr(config, "projector_type", None) or "mlp2x_gelu",
+            },
+            "lm": {"architecture": config.text_config.model_type, "quant": quant,
+                   "context_length": config.text_config.max_position_embeddings,
+                   "vocab_size": config.text_config.vocab_size},
+            "prompt": {"chat_template": parts.tokenizer.chat_template, "image_placeholder": IMAGE_TOKEN,
+                       "bos": parts.tokenizer.bos_token, "stop": stop_strings(parts), "system_prompt": None},
+            "generation": {"max_tokens": DEFAULT_MAX_TOKENS, "temperature": 0.0},
+            "provenance": {"edgelmm_version": __version__, "source_checkpoint": str(Path(checkpoint).resolve()),
+                           "preset": getattr(config, "edgelmm_preset", None),
+                           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return Path(out)

@@ -1,0 +1,121 @@
+"""`edgelmm export`, `show` and `verify` on a tiny checkpoint, and every way a bundle can be wrong."""
+
+import errno
+import json
+
+import pytest
+
+from edgelmm import cli
+from edgelmm.export.manifest import MANIFEST
+
+
+def run(capsys, *args):
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    import torch
+
+    from edgelmm.modeling import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    return save_checkpoint(build_model("tiny"), tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def bundle(checkpoint, tmp_path_factory):
+    from edgelmm.export.bundle import export_bundle
+
+    return export_bundle(checkpoint, tmp_path_factory.mktemp("bundles") / "tiny-q4")
+
+
+def test_bundle_holds_its_files_and_manifest(bundle):
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    assert sorted(p.name for p in bundle.iterdir()) == sorted([MANIFEST, "vision.onnx", "lm-q4_k_m.gguf"])
+    assert manifest["lm"] == {"architecture": "phi3", "quant": "q4_k_m", "context_length": 512, "vocab_size": 512}
+    assert manifest["vision"]["output"] == {"name": "image_embeds", "tokens": 16, "width": 64}
+    assert manifest["vision"]["input"]["size"] == 32 and manifest["vision"]["input"]["channel_order"] == "RGB"
+    assert manifest["prompt"]["image_placeholder"] == "<image>" and "<|end|>" in manifest["prompt"]["stop"]
+    assert "<|end|>" in manifest["prompt"]["chat_template"]
+    for entry in manifest["files"].values():
+        assert (bundle / entry["path"]).stat().st_size == entry["size"] and len(entry["sha256"]) == 64
+
+
+def test_show_and_verify(bundle, capsys):
+    code, out, _ = run(capsys, "show", bundle)
+    assert code == 0 and "phi3, q4_k_m" in out and "16 tokens x 64" in out
+    code, out, _ = run(capsys, "verify", bundle)
+    assert code == 0 and out.strip().endswith(": ok")
+
+
+def test_verify_names_what_is_wrong(bundle, tmp_path, capsys):
+    import shutil
+
+    broken = shutil.copytree(bundle, tmp_path / "b")
+    data = bytearray((broken / "vision.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (broken / "vision.onnx").write_bytes(bytes(data))
+    code, _, err = run(capsys, "verify", broken)
+    assert code == 2 and "vision file vision.onnx fails its sha256 check" in err
+    (broken / "lm-q4_k_m.gguf").unlink()
+    code, _, err = run(capsys, "verify", broken)
+    assert code == 2 and "lm file lm-q4_k_m.gguf is missing" in err
+
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    newer = shutil.copytree(bundle, tmp_path / "newer")
+    (newer / MANIFEST).write_text(json.dumps({**manifest, "format_version": 99}))
+    code, _, err = run(capsys, "verify", newer)
+    assert code == 2 and "bundle format 99" in err and "upgrade edgelmm" in err
+    (newer / MANIFEST).unlink()
+    code, _, err = run(capsys, "verify", newer)
+    assert code == 2 and f"{MANIFEST} is missing" in err
+
+
+def test_export_refuses_to_overwrite_and_bad_checkpoints(bundle, checkpoint, tmp_path, capsys):
+    code, _, err = run(capsys, "export", checkpoint, "--out", bundle)
+    assert code == 2 and "--force" in err
+    code, _, err = run(capsys, "export", tmp_path / "nothing", "--out", tmp_path / "b")
+    assert code == 2 and "checkpoint folder not found" in err
+    code, _, err = run(capsys, "export", checkpoint, "--out", tmp_path / "b", "--quant", "q3")
+    assert code == 2 and "--quant" in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_unsupported_language_model_is_named(tmp_path, capsys):
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, MistralConfig
+
+    config = LlavaConfig(vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                        num_attention_heads=2, image_size=32, patch_size=8).to_dict(),
+                         text_config=MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                                   num_attention_heads=4, num_key_value_heads=2,
+                                                   vocab_size=300).to_dict(), image_token_index=299)
+    LlavaForConditionalGeneration(config).save_pretrained(tmp_path / "mistral")
+    from edgelmm.tokenizer import train_tokenizer
+
+    train_tokenizer(["a red circle"] * 10, 280).save_pretrained(tmp_path / "mistral")
+    code, _, err = run(capsys, "export", tmp_path / "mistral", "--out", tmp_path / "b")
+    assert code == 2 and "'mistral'" in err and "phi3, llama, qwen2" in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_disk_full_during_export_leaves_nothing(checkpoint, tmp_path, capsys, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "lm.gguf"))
+
+    monkeypatch.setattr("edgelmm.export.gguf_lm.export_gguf", full)
+    code, _, err = run(capsys, "export", checkpoint, "--out", tmp_path / "b")
+    assert code == 2 and err.splitlines()[-1].startswith("edgelmm: error: No space left on device")
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_every_quant_level_and_vision_precision_verifies(checkpoint, tmp_path):
+    from edgelmm.export.bundle import export_bundle
+    from edgelmm.export.verify import verify_bundle
+
+    for quant, vision in (("q4_0", "int8"), ("q8_0", "fp16"), ("f16", "fp32"), ("f32", "fp32")):
+        out = export_bundle(checkpoint, tmp_path / quant, quant=quant, vision=vision)
+        assert verify_bundle(out) == [], quant
