@@ -63,3 +63,37 @@ def test_gguf_f32_logits_and_tokenization_match_torch(arch, tmp_path, monkeypatc
     with torch.no_grad():
         ref = parts.model(input_ids=torch.tensor([ids])).logits[0].numpy()
     assert np.abs(cpp - ref).max() <= 1e-3 * max(1.0, np.abs(ref).max())
+
+
+def test_image_embeddings_injected_into_llama_cpp_match_torch(tmp_path):
+    """Text tokens, then image embeddings as a float batch, then text: logits equal torch's inputs_embeds."""
+    import llama_cpp
+
+    from edgelmm.export.gguf_lm import export_gguf
+    from edgelmm.runtimes.llama_batch import SequenceDecoder
+
+    torch.manual_seed(0)
+    parts = build_model("tiny")
+    path = export_gguf(parts, tmp_path / "lm.gguf", dtype="f32")
+    tok = parts.tokenizer
+    before = tok("<s><|user|>\n", add_special_tokens=False).input_ids
+    after = tok("\nHow many circles are there?<|end|>\n<|assistant|>\n", add_special_tokens=False).input_ids
+    image = torch.randn(parts.num_image_tokens, 64) * 0.5  # stands in for the vision graph's output
+
+    embed = parts.model.get_input_embeddings()
+    with torch.no_grad():
+        inputs = torch.cat([embed(torch.tensor(before)), image, embed(torch.tensor(after))])[None]
+        ref = parts.model.model.language_model(inputs_embeds=inputs).last_hidden_state
+        ref = parts.model.lm_head(ref)[0].numpy()
+
+    llm = llama_cpp.Llama(str(path), n_ctx=128, verbose=False, n_threads=2)
+    dec = SequenceDecoder(llm)
+    got = np.concatenate([dec.tokens(before, all_logits=True), dec.embeddings(image.numpy(), all_logits=True),
+                          dec.tokens(after, all_logits=True)])
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() <= 1e-3 * max(1.0, np.abs(ref).max())
+    # Continuing the cache after a reset gives the same answer again.
+    dec.reset()
+    dec.tokens(before)
+    dec.embeddings(image.numpy())
+    assert np.allclose(dec.tokens(after), ref[-1], atol=1e-3)

@@ -1,0 +1,1 @@
+"""Runtimes: running exported bundles (ONNX Runtime vision + llama.cpp language model)."""
