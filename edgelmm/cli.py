@@ -272,6 +272,31 @@ def verify(ctx: click.Context, bundle: str) -> None:
     click.echo(f"{bundle}: ok")
 
 
+@app.group()
+def quantize() -> None:
+    """Quantization tools."""
+
+
+@quantize.command("report")
+@click.argument("checkpoint", type=click.Path())
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Eval items whose prompts to use.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Prompts to compare.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the report as JSON.")
+@click.option("--markdown", "md_out", type=click.Path(dir_okay=False), help="Write the report as Markdown.")
+def quantize_report(checkpoint: str, data: str, limit: int, json_out: str | None, md_out: str | None) -> None:
+    """Size, top-1 agreement and KL vs fp32 of every GGUF quantization level of CHECKPOINT."""
+    from edgelmm.fsutil import atomic_write_text
+    from edgelmm.quantize.report import quantization_report, report_markdown
+
+    report = quantization_report(checkpoint, data, limit=limit, log=lambda m: click.echo(m, err=True))
+    markdown = report_markdown(report)
+    click.echo(markdown)
+    if json_out:
+        atomic_write_text(json_out, json.dumps(report, indent=2))
+    if md_out:
+        atomic_write_text(md_out, markdown + "\n")
+
+
 def _quiet_libraries() -> None:
     """Library chatter (load reports, per-file progress bars) only with -v."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

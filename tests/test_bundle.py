@@ -119,3 +119,32 @@ def test_every_quant_level_and_vision_precision_verifies(checkpoint, tmp_path):
     for quant, vision in (("q4_0", "int8"), ("q8_0", "fp16"), ("f16", "fp32"), ("f32", "fp32")):
         out = export_bundle(checkpoint, tmp_path / quant, quant=quant, vision=vision)
         assert verify_bundle(out) == [], quant
+
+
+def test_int8_vision_stays_close_to_fp32(checkpoint, tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgelmm.export.bundle import export_bundle
+
+    outputs = {}
+    x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    for precision in ("fp32", "int8"):
+        b = export_bundle(checkpoint, tmp_path / precision, quant="f16", vision=precision)
+        session = ort.InferenceSession(str(b / "vision.onnx"), providers=["CPUExecutionProvider"])
+        outputs[precision] = session.run(None, {"pixel_values": x})[0].reshape(-1)
+    a, q = outputs["fp32"], outputs["int8"]
+    assert float(a @ q / (np.linalg.norm(a) * np.linalg.norm(q))) >= 0.99
+
+
+def test_quantize_report(checkpoint, scenes_dir, tmp_path, capsys):
+    code, out, err = run(capsys, "quantize", "report", checkpoint, "--data", scenes_dir / "eval.json", "--limit", "4",
+                         "--json", tmp_path / "r.json", "--markdown", tmp_path / "r.md")
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    levels = {r["level"]: r for r in report["levels"]}
+    assert list(levels) == ["f32", "f16", "q8_0", "q4_k_m", "q4_0"]
+    assert levels["f32"]["top1_agreement"] == 1.0 and levels["f32"]["mean_kl"] < 1e-6
+    assert levels["q4_0"]["lm_bytes"] < levels["q8_0"]["lm_bytes"] < levels["f16"]["lm_bytes"] < levels["f32"]["lm_bytes"]
+    assert all(r["mean_kl"] >= -1e-9 for r in levels.values())
+    assert (tmp_path / "r.md").read_text().startswith("Quantization report")
