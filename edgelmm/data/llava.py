@@ -166,19 +166,22 @@ def expand_image_token(input_ids: list[int], labels: list[int], image_token_id: 
 
 @dataclass
 class LlavaCollator:
-    """Pads a list of samples into a batch; images of the batch are stacked in order of appearance."""
+    """Pads a list of samples into a batch (right padding; labels only when the samples have them);
+    images of the batch are stacked in order of appearance."""
 
     pad_token_id: int
 
     def __call__(self, samples: list[dict]) -> dict:
         longest = max(len(s["input_ids"]) for s in samples)
         input_ids = torch.full((len(samples), longest), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(samples), longest), dtype=torch.long)
         for row, s in enumerate(samples):
-            n = len(s["input_ids"])
-            input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = s["input_ids"], s["labels"], 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+            input_ids[row, :len(s["input_ids"])], attention_mask[row, :len(s["input_ids"])] = s["input_ids"], 1
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "labels" in samples[0]:
+            batch["labels"] = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long)
+            for row, s in enumerate(samples):
+                batch["labels"][row, :len(s["labels"])] = s["labels"]
         pixels = [s["pixel_values"] for s in samples if "pixel_values" in s]
         if pixels:
             batch["pixel_values"] = torch.stack(pixels)  # (B_images, 3, H, W)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgelmm.data.llava import read_records
+from edgelmm.data.llava import LlavaCollator, read_records, record_problem
+from edgelmm.errors import DataError
 from edgelmm.imaging import ImageSpec, preprocess
 
 MAX_CAPTION_TOKENS = 64
@@ -63,16 +65,12 @@ class CaptionPairs(torch.utils.data.Dataset):
     """(image, caption) pairs from a LLaVA caption file (stage1.json): the first reply is the caption."""
 
     records: list[dict]
-    image_folder: object
+    image_folder: Path
     tokenizer: object
     image_spec: ImageSpec
 
     @classmethod
     def from_file(cls, json_path, image_folder, tokenizer, image_spec):
-        from edgelmm.data.llava import record_problem
-        from edgelmm.errors import DataError
-        from pathlib import Path
-
         records = read_records(json_path)
         for i, r in enumerate(records):
             problem = record_problem(r, Path(image_folder))
@@ -92,21 +90,6 @@ class CaptionPairs(torch.utils.data.Dataset):
                 "input_ids": torch.tensor(ids)}
 
 
-@dataclass
-class CaptionCollator:
-    pad_token_id: int
-
-    def __call__(self, samples: list[dict]) -> dict:
-        longest = max(len(s["input_ids"]) for s in samples)
-        ids = torch.full((len(samples), longest), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(samples), longest), dtype=torch.long)
-        for row, s in enumerate(samples):
-            ids[row, :len(s["input_ids"])] = s["input_ids"]
-            mask[row, :len(s["input_ids"])] = 1
-        return {"pixel_values": torch.stack([s["pixel_values"] for s in samples]), "input_ids": ids,
-                "attention_mask": mask}
-
-
 @torch.no_grad()
 def zero_shot_accuracy(pair: ContrastivePair, tokenizer, labels: list[str], images: list[torch.Tensor],
                        truths: list[set[str]], template: str = "a photo of a {}") -> float:
@@ -116,9 +99,8 @@ def zero_shot_accuracy(pair: ContrastivePair, tokenizer, labels: list[str], imag
         return float("nan")
     pair.eval()
     prompts = [template.format(label) for label in labels]
-    batch = CaptionCollator(tokenizer.pad_token_id)(
-        [{"input_ids": torch.tensor(tokenizer(p, add_special_tokens=False).input_ids), "pixel_values": images[0]}
-         for p in prompts])
+    batch = LlavaCollator(tokenizer.pad_token_id)(
+        [{"input_ids": torch.tensor(tokenizer(p, add_special_tokens=False).input_ids)} for p in prompts])
     classifier = pair.embed_texts(batch["input_ids"], batch["attention_mask"])  # (C, E)
     correct = 0
     for start in range(0, len(images), 64):

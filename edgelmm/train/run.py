@@ -115,7 +115,8 @@ def check_prerequisites(stage: Stage, parts: ModelParts) -> None:
 # ---- the stages ----------------------------------------------------------------------------------
 
 def _train_clip(parts: ModelParts, stage: Stage, files, folder, run_dir: Path, opts: TrainOptions) -> dict:
-    from edgelmm.train.clip import CaptionCollator, CaptionPairs, ContrastivePair
+    from edgelmm.data.llava import LlavaCollator
+    from edgelmm.train.clip import CaptionPairs, ContrastivePair
 
     pairs = CaptionPairs.from_file(files[0], folder, parts.tokenizer, parts.image_spec)
     if opts.limit:
@@ -125,7 +126,7 @@ def _train_clip(parts: ModelParts, stage: Stage, files, folder, run_dir: Path, o
         pairs.records[-held_out:]
     torch.manual_seed(opts.seed)
     pair = ContrastivePair(parts.model.model.vision_tower, len(parts.tokenizer), parts.tokenizer.pad_token_id)
-    metrics = run_training(pair, train, CaptionCollator(parts.tokenizer.pad_token_id), stage.hyper, run_dir,
+    metrics = run_training(pair, train, LlavaCollator(parts.tokenizer.pad_token_id), stage.hyper, run_dir,
                            **opts.engine_kwargs())
     metrics["zero_shot_accuracy"] = zero_shot_check(pair, parts, check, folder)
     return metrics
