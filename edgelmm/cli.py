@@ -15,6 +15,8 @@ import click
 
 from edgelmm import __version__
 from edgelmm.errors import UserError
+from edgelmm.quantize.gguf import ALL_TYPES
+from edgelmm.quantize.onnx import VISION_PRECISIONS
 
 EXIT_USER_ERROR = 2
 
@@ -221,17 +223,15 @@ def format_report(report: dict) -> str:
 @app.command()
 @click.argument("checkpoint", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
-@click.option("--quant", default="q4_k_m", show_default=True,
-              type=click.Choice(["q4_k_m", "q4_0", "q8_0", "f16", "f32"]), help="Language-model weights.")
-@click.option("--vision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8"]),
+@click.option("--quant", default="q4_k_m", show_default=True, type=click.Choice(ALL_TYPES),
+              help="Language-model weights.")
+@click.option("--vision", default="fp32", show_default=True, type=click.Choice(VISION_PRECISIONS),
               help="Vision graph precision.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 def export(checkpoint: str, out: str, quant: str, vision: str, force: bool) -> None:
     """Export CHECKPOINT to a bundle: vision.onnx + the LM as GGUF + edgelmm.json."""
     from edgelmm.export.bundle import export_bundle
-    from edgelmm.fsutil import check_output_dir
 
-    check_output_dir(out, force)  # before minutes of work
     path = export_bundle(checkpoint, out, quant=quant, vision=vision, force=force,
                          log=lambda message: click.echo(message, err=True))
     click.echo(f"wrote bundle {path}")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from edgelmm.data.llava import expand_image_token, read_records
+from edgelmm.data.llava import read_records
 from edgelmm.errors import DataError
 from edgelmm.eval.metrics import score
 from edgelmm.imaging import preprocess
@@ -23,15 +23,24 @@ def read_eval_items(path: str | Path, limit: int | None = None) -> list[dict]:
     return items
 
 
-def prompt_ids(parts, question: str, with_image: bool) -> list[int]:
-    """Token ids of a one-turn chat prompt ending with the assistant header, `<image>` expanded."""
+def prompt_pieces(parts, question: str, with_image: bool = True) -> tuple[list[int], list[int]]:
+    """Token ids of a one-turn chat prompt ending with the assistant header, split where the image goes
+    (the second piece is empty without an image). `<image>` is a special token, so splitting the text
+    there tokenizes exactly like the whole prompt."""
     tok = parts.tokenizer
     content = f"{IMAGE_TOKEN}\n{question}" if with_image else question
     text = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
-    ids = tok(text, add_special_tokens=False).input_ids
-    if with_image:
-        ids, _ = expand_image_token(ids, ids, tok.convert_tokens_to_ids(IMAGE_TOKEN), parts.num_image_tokens)
-    return ids
+    before, _, after = text.partition(IMAGE_TOKEN)
+    encode = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
+    return encode(before), encode(after) if after else []
+
+
+def prompt_ids(parts, question: str, with_image: bool) -> list[int]:
+    """The whole prompt, with the image placeholder repeated once per image embedding."""
+    before, after = prompt_pieces(parts, question, with_image)
+    if not with_image:
+        return before
+    return before + [parts.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)] * parts.num_image_tokens + after
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from pathlib import Path
 from edgelmm import __version__
 from edgelmm.errors import ConfigError
 from edgelmm.export.manifest import FORMAT, FORMAT_VERSION, MANIFEST, file_entry
-from edgelmm.fsutil import atomic_output_dir
+from edgelmm.fsutil import atomic_output_dir, check_output_dir
 from edgelmm.quantize.gguf import ALL_TYPES, EXPORT_TYPES, quantize_gguf
 from edgelmm.quantize.onnx import VISION_PRECISIONS, convert_vision
 from edgelmm.tokenizer import IMAGE_TOKEN
@@ -30,11 +30,9 @@ def stop_strings(parts) -> list[str]:
 
 
 def check_exportable(parts) -> None:
-    from edgelmm.export.gguf_lm import GGUF_ARCHS
+    from edgelmm.export.gguf_lm import gguf_arch
 
-    arch = parts.model.config.text_config.model_type
-    if arch not in GGUF_ARCHS:
-        raise ConfigError(f"cannot export language model {arch!r}; supported: {', '.join(GGUF_ARCHS)}")
+    gguf_arch(parts.model.config.text_config)
     layer = parts.model.config.vision_feature_layer
     if not isinstance(layer, int):
         raise ConfigError("cannot export a model that concatenates several vision feature layers")
@@ -51,6 +49,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, quant: str = "q4_k
         raise ConfigError(f"unknown quantization {quant!r}; valid: {', '.join(ALL_TYPES)}")
     if vision not in VISION_PRECISIONS:
         raise ConfigError(f"unknown vision precision {vision!r}; valid: {', '.join(VISION_PRECISIONS)}")
+    check_output_dir(out, force)  # before minutes of work, not only at the end
     parts = load_checkpoint(checkpoint)
     check_exportable(parts)
     config = parts.model.config

@@ -52,20 +52,25 @@ def _hparams(writer: GGUFWriter, cfg) -> None:
     writer.add_vocab_size(cfg.vocab_size)
 
 
+def gguf_arch(text_config) -> MODEL_ARCH:
+    """The GGUF architecture of a language-model config, or a ConfigError naming the supported ones."""
+    if text_config.model_type not in GGUF_ARCHS:
+        raise ConfigError(f"cannot export a {text_config.model_type!r} language model to GGUF; supported: "
+                          f"{', '.join(GGUF_ARCHS)}")
+    return GGUF_ARCHS[text_config.model_type]
+
+
 def export_gguf(parts, path: str | Path, dtype: str = "f32", name: str = "edgelmm") -> Path:
     """Write the LM of `parts` (ModelParts) with its tokenizer to a GGUF file at `path`."""
     cfg = parts.model.config.text_config
-    if cfg.model_type not in GGUF_ARCHS:
-        raise ConfigError(f"cannot export a {cfg.model_type!r} language model to GGUF; supported: "
-                          f"{', '.join(GGUF_ARCHS)}")
-    arch = GGUF_ARCHS[cfg.model_type]
+    arch = gguf_arch(cfg)
     np_dtype, file_type = DTYPES[dtype]
     names = get_tensor_name_map(arch, cfg.num_hidden_layers)
     writer = GGUFWriter(str(path), MODEL_ARCH_NAMES[arch])
     writer.add_name(name)
     writer.add_file_type(file_type)
     _hparams(writer, cfg)
-    add_tokenizer(writer, parts.tokenizer, cfg.vocab_size, parts.tokenizer.chat_template)
+    add_tokenizer(writer, parts.tokenizer, cfg.vocab_size)
     n_kv = cfg.num_key_value_heads or cfg.num_attention_heads
     for hf_name, tensor in lm_tensors(parts.model):
         if "rotary_emb" in hf_name:

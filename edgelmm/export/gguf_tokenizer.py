@@ -24,7 +24,7 @@ def _byte_level_bpe(tokenizer) -> tuple[dict[str, int], list[str]]:
     return model["vocab"], merges
 
 
-def add_tokenizer(writer: GGUFWriter, tokenizer, vocab_size: int, chat_template: str | None) -> None:
+def add_tokenizer(writer: GGUFWriter, tokenizer, vocab_size: int) -> None:
     """Write tokens, types, merges, special token ids and the chat template."""
     vocab, merges = _byte_level_bpe(tokenizer)
     added = {t.content: t for t in tokenizer.added_tokens_decoder.values()}
@@ -53,5 +53,5 @@ def add_tokenizer(writer: GGUFWriter, tokenizer, vocab_size: int, chat_template:
         if token_id is not None:
             setter(token_id)
     writer.add_add_bos_token(False)  # edgelmm's chat templates write the BOS token themselves
-    if chat_template:
-        writer.add_chat_template(chat_template)
+    if tokenizer.chat_template:
+        writer.add_chat_template(tokenizer.chat_template)

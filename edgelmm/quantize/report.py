@@ -23,20 +23,10 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum())
 
 
-def prompt_pieces(parts, question: str) -> tuple[list[int], list[int]]:
-    """Token ids before and after the image placeholder of a one-turn prompt."""
-    from edgelmm.tokenizer import IMAGE_TOKEN
-
-    text = parts.tokenizer.apply_chat_template([{"role": "user", "content": f"{IMAGE_TOKEN}\n{question}"}],
-                                               tokenize=False, add_generation_prompt=True)
-    before, after = text.split(IMAGE_TOKEN, 1)
-    encode = lambda s: parts.tokenizer(s, add_special_tokens=False).input_ids  # noqa: E731
-    return encode(before), encode(after)
-
-
 @torch.no_grad()
 def reference_cases(parts, items: list[dict], image_folder: Path) -> list[dict]:
     """Per prompt: token pieces, fp32 image embeddings and the fp32 next-token log-probabilities."""
+    from edgelmm.eval.evaluate import prompt_pieces
     from edgelmm.imaging import preprocess
 
     model, cfg = parts.model.eval(), parts.model.config

@@ -32,6 +32,11 @@ class TrainingDiverged(UserError):
     """The loss or the weights stopped being finite."""
 
 
+def is_main_process() -> bool:
+    """False in the worker processes of a torchrun / accelerate launch run (they have RANK > 0)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def complete_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints in a run folder, oldest first."""
     run_dir = Path(run_dir)
@@ -123,7 +128,7 @@ def run_training(model, dataset, collator, hyper: Hyper, run_dir: str | Path, *,
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = complete_checkpoints(run_dir)
-    if int(os.environ.get("RANK", "0")) == 0:  # folders of a checkpoint cut short by a kill are debris
+    if is_main_process():  # folders of a checkpoint cut short by a kill are debris
         for partial in set(run_dir.glob("checkpoint-*")) - set(checkpoints):
             shutil.rmtree(partial, ignore_errors=True)
     if checkpoints and not resume:

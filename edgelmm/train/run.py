@@ -9,7 +9,6 @@ finished stages and resuming an interrupted one.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,9 +19,9 @@ from edgelmm.errors import ConfigError, DataError, UserError
 from edgelmm.fsutil import atomic_write_text
 from edgelmm.modeling import ModelParts, build_model, load_checkpoint, save_checkpoint
 from edgelmm.presets import get_preset
-from edgelmm.train.engine import complete_checkpoints, run_training
+from edgelmm.train.engine import complete_checkpoints, is_main_process, run_training
 from edgelmm.train.freeze import set_trainable
-from edgelmm.train.stages import RECIPE_FROM_SCRATCH, RECIPE_PRETRAINED, VISION, Stage, stage_for
+from edgelmm.train.stages import RECIPE_FROM_SCRATCH, VISION, Stage, stage_for
 
 
 @dataclass
@@ -42,10 +41,6 @@ class TrainOptions:
     def engine_kwargs(self) -> dict:
         return {"seed": self.seed, "resume": self.resume, "save_every": self.save_every,
                 "progress": self.progress, "deepspeed": self.deepspeed}
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 # ---- data locations ------------------------------------------------------------------------------
@@ -90,7 +85,7 @@ def fresh_model(preset_name: str, data: str | Path, out: Path, seed: int) -> Mod
     return build_model(preset_name, tokenizer=tokenizer)
 
 
-def starting_point(stage: Stage, preset: str | None, model: str | None, data, out: Path, seed: int) -> ModelParts:
+def starting_point(preset: str | None, model: str | None, data, out: Path, seed: int) -> ModelParts:
     if model is None:
         if preset is None:
             raise ConfigError("give --preset (start from scratch) or --model (a checkpoint)")
@@ -118,12 +113,9 @@ def _train_clip(parts: ModelParts, stage: Stage, files, folder, run_dir: Path, o
     from edgelmm.data.llava import LlavaCollator
     from edgelmm.train.clip import CaptionPairs, ContrastivePair
 
-    pairs = CaptionPairs.from_file(files[0], folder, parts.tokenizer, parts.image_spec)
-    if opts.limit:
-        pairs.records = pairs.records[:opts.limit]
-    held_out = max(1, len(pairs.records) // 20)  # the zero-shot check uses images the tower never saw
-    train, check = CaptionPairs(pairs.records[:-held_out], folder, parts.tokenizer, parts.image_spec), \
-        pairs.records[-held_out:]
+    records = CaptionPairs.from_file(files[0], folder, parts.tokenizer, parts.image_spec).records[: opts.limit or None]
+    held_out = max(1, len(records) // 20)  # the zero-shot check uses images the tower never saw
+    train, check = CaptionPairs(records[:-held_out], folder, parts.tokenizer, parts.image_spec), records[-held_out:]
     torch.manual_seed(opts.seed)
     pair = ContrastivePair(parts.model.model.vision_tower, len(parts.tokenizer), parts.tokenizer.pad_token_id)
     metrics = run_training(pair, train, LlavaCollator(parts.tokenizer.pad_token_id), stage.hyper, run_dir,
@@ -210,7 +202,7 @@ def run_stage(name: str, *, data: str | Path, out: str | Path, preset: str | Non
     out.mkdir(parents=True, exist_ok=True)
     stage = stage_for(name)  # the data files a stage reads do not depend on the preset
     files, folder = stage_files(stage, data, opts.image_folder)
-    parts = starting_point(stage, preset, model, data, out, opts.seed)
+    parts = starting_point(preset, model, data, out, opts.seed)
     stage = stage_for(name, _preset_of(parts))
     if opts.unfreeze_vision and VISION not in stage.trains:
         stage = replace(stage, trains=(*stage.trains, VISION))
@@ -265,13 +257,12 @@ def run_recipe(preset: str, *, data: str | Path, out: str | Path, options: Train
         else:
             resume = bool(complete_checkpoints(stage_out / "run"))
             log(f"stage {name}: {'resuming' if resume else 'starting'}")
-            stage_opts = TrainOptions(**{**opts.__dict__, "resume": resume})
             run_stage(name, data=data, out=stage_out, preset=preset if previous is None else None,
-                      model=None if previous is None else str(previous), options=stage_opts)
+                      model=None if previous is None else str(previous), options=replace(opts, resume=resume))
             summary = json.loads((stage_out / "stage.json").read_text())
             log(f"stage {name}: done in {summary['seconds']:.0f} s")
         previous = stage_out / "model"
     return previous
 
 
-__all__ = ["TrainOptions", "run_stage", "run_recipe", "RECIPE_PRETRAINED"]
+__all__ = ["TrainOptions", "run_stage", "run_recipe"]

@@ -67,7 +67,6 @@ STAGES.add("instruct", Stage(
     Hyper(lr=2e-5, epochs=1, batch_size=16, grad_accum=8)))  # LLaVA-1.5: 665K mix, batch 128, lr 2e-5
 
 RECIPE_FROM_SCRATCH = ("clip", "lm", "align", "instruct")
-RECIPE_PRETRAINED = ("align", "instruct")
 
 
 def stage_for(name: str, preset=None) -> Stage:
