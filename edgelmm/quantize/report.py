@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgelmm.quantize.gguf import ALL_TYPES, EXPORT_TYPES, quantize_gguf
+from edgelmm.quantize.gguf import ALL_TYPES, EXPORT_TYPES, QUANT_SOURCE, quantize_gguf
 
 REPORT_LEVELS = ("f32", "f16", "q8_0", "q4_k_m", "q4_0")
 
@@ -49,7 +49,7 @@ def compare_gguf(path: Path, cases: list[dict]) -> dict:
     import llama_cpp
 
     from edgelmm.quiet import native_stderr_silenced
-    from edgelmm.runtimes.llama_batch import SequenceDecoder
+    from edgelmm.runtime.llama_batch import SequenceDecoder
 
     n_ctx = max(len(c["before"]) + len(c["image"]) + len(c["after"]) for c in cases) + 8
     with native_stderr_silenced():
@@ -90,14 +90,15 @@ def quantization_report(checkpoint: str | Path, eval_json: str | Path, *, limit:
         from edgelmm.export.onnx_vision import export_vision_onnx
 
         vision_bytes = export_vision_onnx(parts.model, Path(tmp) / "vision.onnx", parts.image_spec.size).stat().st_size
-        f32 = export_gguf(parts, Path(tmp) / "lm-f32.gguf", dtype="f32")
+        # Quantized levels come from the same source file as in a bundle, so they are what a bundle ships.
+        source = export_gguf(parts, Path(tmp) / f"lm-{QUANT_SOURCE}.gguf", dtype=QUANT_SOURCE)
         for level in levels:
             log(f"measuring {level}")
-            path = f32 if level == "f32" else Path(tmp) / f"lm-{level}.gguf"
-            if level == "f16":
-                export_gguf(parts, path, dtype="f16")
-            elif level not in EXPORT_TYPES:
-                quantize_gguf(f32, path, level)
+            path = Path(tmp) / f"lm-{level}.gguf"
+            if level not in EXPORT_TYPES:
+                quantize_gguf(source, path, level)
+            elif not path.exists():
+                export_gguf(parts, path, dtype=level)
             size = path.stat().st_size
             rows.append({"level": level, "lm_bytes": size, "bundle_bytes": size + vision_bytes,
                          "compression_vs_fp16": (2 * lm_params) / size,

@@ -51,18 +51,34 @@ class ContrastivePair(nn.Module):
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # mean over the caption's tokens
         return F.normalize(self.text_projection(pooled), dim=-1)
 
-    def forward(self, pixel_values, input_ids, attention_mask):
+    def forward(self, pixel_values, input_ids, attention_mask, negative_ids=None, negative_mask=None):
         img, txt = self.embed_images(pixel_values), self.embed_texts(input_ids, attention_mask)
-        # CLIP clamps the temperature so logits never exceed 100.
-        logits = self.logit_scale.clamp(max=math.log(100)).exp() * img @ txt.T  # (B, B)
+        scale = self.logit_scale.clamp(max=math.log(100)).exp()  # CLIP keeps logits at most 100
+        logits = scale * img @ txt.T  # (B, B)
         target = torch.arange(len(img), device=img.device)
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        text_loss = F.cross_entropy(logits.T, target)
+        if negative_ids is not None:  # each image also faces its own hard negative captions (NegCLIP)
+            neg = self.embed_texts(negative_ids, negative_mask).view(len(img), -1, txt.shape[-1])  # (B, K, E)
+            logits = torch.cat([logits, scale * torch.einsum("be,bke->bk", img, neg)], dim=1)  # (B, B + K)
+        loss = (F.cross_entropy(logits, target) + text_loss) / 2
         return {"loss": loss, "logits": logits}
+
+
+class CaptionCollator(LlavaCollator):
+    """Pads captions like `LlavaCollator` and, when samples carry them, their hard negatives."""
+
+    def __call__(self, samples: list[dict]) -> dict:
+        batch = super().__call__(samples)
+        if "negative_ids" in samples[0]:
+            negatives = super().__call__([{"input_ids": ids} for s in samples for ids in s["negative_ids"]])
+            batch["negative_ids"], batch["negative_mask"] = negatives["input_ids"], negatives["attention_mask"]
+        return batch
 
 
 @dataclass
 class CaptionPairs(torch.utils.data.Dataset):
-    """(image, caption) pairs from a LLaVA caption file (stage1.json): the first reply is the caption."""
+    """(image, caption) pairs from a LLaVA caption file (stage1.json): the first reply is the caption.
+    A record may list hard negative captions under "negatives"; every record then needs the same number."""
 
     records: list[dict]
     image_folder: Path
@@ -85,9 +101,14 @@ class CaptionPairs(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         r = self.records[i]
         caption = next(t["value"] for t in r["conversations"] if t["from"] == "gpt")
-        ids = self.tokenizer(caption, add_special_tokens=False).input_ids[:MAX_CAPTION_TOKENS]
-        return {"pixel_values": torch.from_numpy(preprocess(self.image_folder / r["image"], self.image_spec)),
-                "input_ids": torch.tensor(ids)}
+        sample = {"pixel_values": torch.from_numpy(preprocess(self.image_folder / r["image"], self.image_spec)),
+                  "input_ids": self._ids(caption)}
+        if r.get("negatives"):  # captions of slightly different scenes (EdgeScenes writes three)
+            sample["negative_ids"] = [self._ids(text) for text in r["negatives"]]
+        return sample
+
+    def _ids(self, text: str) -> torch.Tensor:
+        return torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids[:MAX_CAPTION_TOKENS])
 
 
 @torch.no_grad()

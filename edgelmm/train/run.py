@@ -110,15 +110,14 @@ def check_prerequisites(stage: Stage, parts: ModelParts) -> None:
 # ---- the stages ----------------------------------------------------------------------------------
 
 def _train_clip(parts: ModelParts, stage: Stage, files, folder, run_dir: Path, opts: TrainOptions) -> dict:
-    from edgelmm.data.llava import LlavaCollator
-    from edgelmm.train.clip import CaptionPairs, ContrastivePair
+    from edgelmm.train.clip import CaptionCollator, CaptionPairs, ContrastivePair
 
     records = CaptionPairs.from_file(files[0], folder, parts.tokenizer, parts.image_spec).records[: opts.limit or None]
     held_out = max(1, len(records) // 20)  # the zero-shot check uses images the tower never saw
     train, check = CaptionPairs(records[:-held_out], folder, parts.tokenizer, parts.image_spec), records[-held_out:]
     torch.manual_seed(opts.seed)
     pair = ContrastivePair(parts.model.model.vision_tower, len(parts.tokenizer), parts.tokenizer.pad_token_id)
-    metrics = run_training(pair, train, LlavaCollator(parts.tokenizer.pad_token_id), stage.hyper, run_dir,
+    metrics = run_training(pair, train, CaptionCollator(parts.tokenizer.pad_token_id), stage.hyper, run_dir,
                            **opts.engine_kwargs())
     metrics["zero_shot_accuracy"] = zero_shot_check(pair, parts, check, folder)
     return metrics

@@ -8,6 +8,7 @@ Every answer is computed from the scene, so it is always right.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 
@@ -116,16 +117,54 @@ def count_color(scene: Scene, color: str) -> int:
 
 # ---- captions and descriptions -------------------------------------------------------------------
 
-def caption(scene: Scene, rng: np.random.Generator) -> str:
+def caption_forms(scene: Scene) -> list[str]:
+    """Every way `caption` may word a scene."""
     things = [article(name(o)) for o in reading_order(scene)]
     n = len(things)
     bg = background_phrase(scene)
     if n == 1:
-        return _pick(rng, (f"{things[0].capitalize()} on a {bg} background.",
-                           f"A single {name(scene.objects[0])} on a {bg} background."))
-    return _pick(rng, (f"{plural(n, 'object').capitalize()} on a {bg} background: {listing(things)}.",
-                       f"{listing(things).capitalize()} on a {bg} background.",
-                       f"A {bg} background with {listing(things)}."))
+        return [f"{things[0].capitalize()} on a {bg} background.",
+                f"A single {name(scene.objects[0])} on a {bg} background."]
+    return [f"{plural(n, 'object').capitalize()} on a {bg} background: {listing(things)}.",
+            f"{listing(things).capitalize()} on a {bg} background.",
+            f"A {bg} background with {listing(things)}."]
+
+
+def caption(scene: Scene, rng: np.random.Generator) -> str:
+    return _pick(rng, caption_forms(scene))
+
+
+def hard_negatives(scene: Scene, positive: str, rng: np.random.Generator) -> list[str]:
+    """Captions worded like `positive` (a caption of `scene`) for scenes that differ in one detail,
+    for contrastive training (NegCLIP).
+
+    With in-batch negatives alone, the colours in a caption already tell images apart, so a tower
+    trained on them never needs to see shapes. These captions change one object's shape, swap the
+    shapes of two objects (binding colour to shape), and change one object's colour.
+    """
+    form = caption_forms(scene).index(positive)
+
+    def altered(change) -> str:
+        objects = [replace(o) for o in scene.objects]
+        change(objects)
+        return caption_forms(Scene(scene.id, scene.image, scene.background, objects))[form]
+
+    def new_shape(objects):
+        obj = _pick(rng, objects)
+        obj.shape = _pick(rng, [s for s in SHAPES if s != obj.shape])
+
+    def swap_shapes(objects):
+        pairs = [(a, b) for i, a in enumerate(objects) for b in objects[i + 1:] if a.shape != b.shape]
+        if not pairs:
+            return new_shape(objects)
+        a, b = _pick(rng, pairs)
+        a.shape, b.shape = b.shape, a.shape
+
+    def new_color(objects):
+        obj = _pick(rng, objects)
+        obj.color = _pick(rng, [c for c in COLORS if c != obj.color])
+
+    return [altered(change) for change in (new_shape, swap_shapes, new_color)]
 
 
 def detailed_description(scene: Scene, rng: np.random.Generator) -> str:

@@ -26,6 +26,14 @@ class SequenceDecoder:
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.llm.ctx), True)
         self.pos = 0
 
+    def truncate(self, n: int) -> None:
+        """Forget every position from `n` on; the cache before it stays."""
+        import llama_cpp
+
+        if n < self.pos:
+            llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.llm.ctx), 0, n, -1)
+            self.pos = n
+
     def tokens(self, ids: list[int], all_logits: bool = False) -> np.ndarray:
         """Decode token ids; returns logits (n, vocab) if `all_logits` else the last row (vocab,)."""
         return self._decode(len(ids), all_logits, tokens=ids)
@@ -37,7 +45,11 @@ class SequenceDecoder:
             raise ValueError(f"embeddings must be (n, {self.n_embd}), got {embeds.shape}")
         return self._decode(len(embeds), all_logits, embeds=embeds)
 
-    def _decode(self, n: int, all_logits: bool, tokens=None, embeds=None) -> np.ndarray:
+    def decode_token(self, token: int) -> None:
+        """Decode one token without copying logits out (the sampler reads them in place)."""
+        self._decode(1, False, tokens=[token], copy=False)
+
+    def _decode(self, n: int, all_logits: bool, tokens=None, embeds=None, copy: bool = True) -> np.ndarray | None:
         import llama_cpp
 
         if self.pos + n > self.llm.n_ctx():
@@ -60,7 +72,35 @@ class SequenceDecoder:
         finally:
             llama_cpp.llama_batch_free(batch)
         self.pos += n
+        if not copy:
+            return None
         rows = range(n) if all_logits else [n - 1]
         logits = np.stack([np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.llm.ctx, i),
                                                  shape=(self.n_vocab,)).copy() for i in rows])
         return logits if all_logits else logits[0]
+
+
+class Sampler:
+    """llama.cpp's own sampler chain: greedy at temperature 0, else temperature then a seeded draw."""
+
+    def __init__(self, temperature: float, seed: int = 0) -> None:
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self.chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if temperature <= 0:
+            llama_cpp.llama_sampler_chain_add(self.chain, llama_cpp.llama_sampler_init_greedy())
+        else:
+            llama_cpp.llama_sampler_chain_add(self.chain, llama_cpp.llama_sampler_init_temp(temperature))
+            llama_cpp.llama_sampler_chain_add(self.chain, llama_cpp.llama_sampler_init_dist(seed))
+
+    def sample(self, llm) -> int:
+        """The next token from the logits of the last decoded position."""
+        return self._lib.llama_sampler_sample(self.chain, llm.ctx, -1)
+
+    def close(self) -> None:
+        if self.chain is not None:
+            self._lib.llama_sampler_free(self.chain)
+            self.chain = None
+
+    __del__ = close

@@ -1,0 +1,149 @@
+"""The reference backend: the transformers checkpoint itself (vision tower, projector, LM) in PyTorch.
+
+It computes what the exported files must reproduce, so parity tests and evaluation compare the
+`llamacpp` backend against it. A bundle stands for the checkpoint it was exported from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgelmm.errors import UserError
+from edgelmm.runtime.prompt import ChatFormat
+
+
+def checkpoint_of(model: str | Path) -> Path:
+    """A checkpoint folder as given, or the source checkpoint a bundle records."""
+    from edgelmm.export.manifest import MANIFEST, read_manifest
+
+    model = Path(model)
+    if (model / MANIFEST).is_file():
+        source = Path(read_manifest(model)["provenance"]["source_checkpoint"])
+        if not (source / "config.json").is_file():
+            raise UserError(f"the torch backend needs the checkpoint bundle {model} was exported from; "
+                            f"{source} is gone")
+        return source
+    return model
+
+
+class TorchBackend:
+    def __init__(self, model: str | Path, *, n_threads: int | None = None, n_ctx: int | None = None,
+                 verbose: bool = False) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        from edgelmm.export.bundle import stop_strings
+        from edgelmm.export.onnx_vision import VisionEncoder
+        from edgelmm.modeling import load_checkpoint
+        from edgelmm.tokenizer import IMAGE_TOKEN
+
+        if n_threads:
+            torch.set_num_threads(n_threads)
+        path = checkpoint_of(model)
+        self.parts = parts = load_checkpoint(path)
+        parts.model.eval()
+        tok = parts.tokenizer
+        self.chat = ChatFormat(template=tok.chat_template, image_placeholder=IMAGE_TOKEN, bos=tok.bos_token,
+                               stop=stop_strings(parts))
+        self.image_spec = parts.image_spec
+        self.n_ctx = n_ctx or parts.model.config.text_config.max_position_embeddings
+        self.size_on_disk = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+        self._vision = VisionEncoder(parts.model).eval()
+        self._ends = {i for i in (tok.eos_token_id, *_as_list(parts.model.generation_config.eos_token_id)) if i is not None}
+        self._new_cache = DynamicCache
+        self._byte_decoder = _byte_decoder(tok)
+        self.truncate(0)
+
+    def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self._vision(torch.from_numpy(pixel_values)[None])[0].float().numpy()
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.parts.tokenizer(text, add_special_tokens=False).input_ids
+
+    @property
+    def position(self) -> int:
+        return self._pos
+
+    def truncate(self, n: int) -> None:
+        if n == 0:
+            self._cache, self._pos = self._new_cache(), 0
+        elif n < self._pos:
+            self._cache.crop(n - self._pos)  # a negative count: positions to drop from the end
+            self._pos = n
+        self._logits = None
+
+    def feed_tokens(self, ids: list[int]) -> None:
+        import torch
+
+        self._forward(self.parts.model.get_input_embeddings()(torch.tensor([ids])))
+
+    def feed_embeddings(self, embeds: np.ndarray) -> None:
+        import torch
+
+        self._forward(torch.from_numpy(np.ascontiguousarray(embeds, dtype=np.float32))[None])
+
+    def _forward(self, embeds) -> None:
+        import torch
+
+        n = embeds.shape[1]
+        with torch.no_grad():
+            out = self.parts.model.model.language_model(
+                inputs_embeds=embeds, past_key_values=self._cache, use_cache=True,
+                position_ids=torch.arange(self._pos, self._pos + n)[None])
+            self._logits = self.parts.model.lm_head(out.last_hidden_state[0, -1]).float()
+        self._pos += n
+
+    def sampler(self, temperature: float, seed: int):
+        import torch
+
+        generator = torch.Generator().manual_seed(seed)
+
+        def sample() -> int:
+            if temperature <= 0:
+                return int(self._logits.argmax())
+            probs = torch.softmax(self._logits / temperature, dim=-1)
+            return int(torch.multinomial(probs, 1, generator=generator))
+        return sample
+
+    def is_end(self, token: int) -> bool:
+        return token in self._ends
+
+    def token_bytes(self, token: int) -> bytes:
+        tok = self.parts.tokenizer
+        if token in tok.all_special_ids:
+            return b""
+        piece = tok.convert_ids_to_tokens(token)
+        if self._byte_decoder is not None:
+            return bytes(self._byte_decoder[c] for c in piece)
+        return tok.convert_tokens_to_string([piece]).encode("utf-8")
+
+    def close(self) -> None:
+        self._cache = None
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _byte_decoder(tokenizer) -> dict[str, int] | None:
+    """The byte-level BPE alphabet (GPT-2's printable stand-ins for bytes) mapped back to bytes, so a
+    token's exact bytes come out even when it holds part of a multi-byte character."""
+    import json
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    if (spec.get("decoder") or {}).get("type") != "ByteLevel":
+        return None
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    stand_ins = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            stand_ins.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, stand_ins)}

@@ -1,0 +1,259 @@
+"""`edgelmm.load()` and what it returns: a model that answers questions about images.
+
+A `Model` drives one backend, which holds one sequence in its KV cache. Every question becomes a list
+of keys (token ids, and one key per image-embedding position); what the cache already holds of that
+list is kept and only the rest is decoded. So a follow-up question in a `Conversation` costs only its
+own tokens: the image is not encoded again and earlier turns are not read again.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from edgelmm.errors import UserError
+from edgelmm.imaging import preprocess
+from edgelmm.runtime.backends import backend_class
+from edgelmm.runtime.prompt import IMAGE
+
+MODEL_ENV = "EDGELMM_MODEL"
+
+
+def default_model() -> Path:
+    """The bundle `load()` uses without a `model`: $EDGELMM_MODEL, else the demo model in the package."""
+    if os.environ.get(MODEL_ENV):
+        return Path(os.environ[MODEL_ENV])
+    return Path(__file__).resolve().parent.parent / "models" / "demo"
+
+
+def load(model: str | Path | None = None, *, backend: str = "auto", n_threads: int | None = None,
+         n_ctx: int | None = None, verbose: bool = False) -> Model:
+    """Open a bundle (or, for the torch backend, a checkpoint). None: the bundled demo model."""
+    started = time.perf_counter()
+    path = Path(model) if model is not None else default_model()
+    opened = backend_class(backend)(path, n_threads=n_threads, n_ctx=n_ctx, verbose=verbose)
+    return Model(opened, path, load_seconds=time.perf_counter() - started)
+
+
+class ImageEmbeddings:
+    """Encoded image embeddings (N, D); their identity marks their positions in the cache."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = np.ascontiguousarray(array, dtype=np.float32)
+
+    def keys(self) -> list:
+        return [(self, k) for k in range(len(self.array))]
+
+
+@dataclass
+class Timings:
+    """Seconds spent on the last answer (and on loading), for `--json` and benchmarks."""
+
+    load: float = 0.0
+    image_encode: float = 0.0
+    prefill: float = 0.0
+    first_token: float = 0.0  # from the call to the first token of the answer
+    decode_tokens: int = 0
+    decode_seconds: float = 0.0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.decode_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {**{k: round(v, 6) if isinstance(v, float) else v for k, v in self.__dict__.items()},
+                "tokens_per_second": round(self.tokens_per_second, 3)}
+
+
+class Model:
+    """A loaded model. `ask` and `chat` are safe to call from several threads (one runs at a time)."""
+
+    def __init__(self, backend, path: Path, load_seconds: float = 0.0) -> None:
+        self.backend = backend
+        self.path = path
+        self.timings = Timings(load=load_seconds)
+        self._lock = threading.RLock()
+        self._cached: list = []  # the keys the backend's cache holds, in order
+
+    # ---- images ----------------------------------------------------------------------------------
+
+    def encode_image(self, image) -> np.ndarray:
+        """The image's embeddings (N, D) as the language model receives them."""
+        return self._embeddings(image).array
+
+    def _embeddings(self, image) -> ImageEmbeddings:
+        if isinstance(image, ImageEmbeddings):
+            return image
+        if isinstance(image, np.ndarray) and image.dtype != np.uint8:  # embeddings from encode_image
+            if image.ndim != 2:
+                raise UserError(f"image embeddings must be (N, D), got shape {image.shape}")
+            return ImageEmbeddings(image)
+        started = time.perf_counter()
+        pixels = preprocess(image, self.backend.image_spec)
+        with self._lock:
+            embeds = self.backend.encode_image(pixels)
+        self.timings.image_encode = time.perf_counter() - started
+        return ImageEmbeddings(embeds)
+
+    # ---- questions -------------------------------------------------------------------------------
+
+    def ask(self, image, question: str, *, max_tokens: int = 256, temperature: float = 0.0, stream: bool = False,
+            seed: int = 0):
+        """The answer to one question about `image` (a path, bytes, PIL image, HxWx3 uint8 array or
+        embeddings from `encode_image`): a str, or an iterator of text chunks when `stream`."""
+        return self.chat(image).ask(question, max_tokens=max_tokens, temperature=temperature, stream=stream,
+                                    seed=seed)
+
+    def chat(self, image) -> Conversation:
+        """A conversation about one image; the image is encoded once, here."""
+        self.timings.image_encode = 0.0
+        return Conversation(self, self._embeddings(image))
+
+    def close(self) -> None:
+        with self._lock:
+            self.backend.close()
+
+    # ---- decoding (called with the lock held) ----------------------------------------------------
+
+    def _prefill(self, keys: list) -> None:
+        """Make the cache hold exactly `keys`, decoding only what it does not hold yet."""
+        backend = self.backend
+        if len(keys) >= backend.n_ctx:
+            raise UserError(f"the prompt is {len(keys)} tokens; the model's context holds {backend.n_ctx}: "
+                            "ask a shorter question or start a new conversation")
+        common = 0
+        for cached, key in zip(self._cached, keys):
+            if cached != key:
+                break
+            common += 1
+        common = min(common, len(keys) - 1, backend.position)  # the last key is decoded again for its logits
+        backend.truncate(common)
+        self._cached = keys[:common]
+        self.timings.reused_tokens = common
+        start = common
+        while start < len(keys):  # runs of token ids and runs of image positions
+            is_image = isinstance(keys[start], tuple)
+            end = start
+            while end < len(keys) and isinstance(keys[end], tuple) == is_image:
+                end += 1
+            run = keys[start:end]
+            if is_image:
+                image, first = run[0]
+                backend.feed_embeddings(image.array[first:first + len(run)])
+            else:
+                backend.feed_tokens(run)
+            self._cached.extend(run)
+            start = end
+
+    def _generate(self, max_tokens: int, temperature: float, seed: int) -> Iterator[tuple[int, str]]:
+        """(token, text) pairs of the answer, until an end token, a stop string or `max_tokens`."""
+        backend = self.backend
+        sample = backend.sampler(temperature, seed)
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        room = backend.n_ctx - backend.position
+        for _ in range(min(max_tokens, room)):
+            token = sample()
+            if backend.is_end(token):
+                return
+            yield token, utf8.decode(backend.token_bytes(token))
+            backend.feed_tokens([token])
+            self._cached.append(token)
+
+
+@dataclass
+class Conversation:
+    """Questions and answers about one image, sharing the model's KV cache between turns."""
+
+    model: Model
+    image: ImageEmbeddings
+    turns: list[tuple[str, str]] = field(default_factory=list)
+    _text_keys: tuple[str, list] | None = None  # the last prompt+answer text and its keys as decoded
+
+    def ask(self, question: str, *, max_tokens: int = 256, temperature: float = 0.0, stream: bool = False,
+            seed: int = 0):
+        """The answer (str), or an iterator of text chunks when `stream`; the turn joins the history."""
+        if not isinstance(question, str) or not question.strip():
+            raise UserError("the question is empty")
+        chunks = self._answer(question.strip(), max_tokens, temperature, seed)
+        return chunks if stream else "".join(chunks).strip()
+
+    def _answer(self, question: str, max_tokens: int, temperature: float, seed: int) -> Iterator[str]:
+        model = self.model
+        with model._lock:
+            started = time.perf_counter()
+            timings = model.timings
+            fmt = model.backend.chat
+            text = fmt.render_text([*self.turns, (question, None)])
+            keys = self._keys(text)
+            model._prefill(keys)
+            timings.prompt_tokens = len(keys)
+            timings.prefill = time.perf_counter() - started
+            stops = StopStrings(fmt.stop)
+            raw, decode_started = [], None
+            for k, (_, piece) in enumerate(model._generate(max_tokens, temperature, seed)):
+                if k == 0:
+                    decode_started = time.perf_counter()
+                    timings.first_token = decode_started - started
+                raw.append(piece)
+                released = stops.feed(piece)
+                if released:
+                    yield released
+                if stops.stopped:
+                    break
+            tail = stops.flush()
+            if tail:
+                yield tail
+            timings.decode_tokens = len(raw)
+            timings.decode_seconds = time.perf_counter() - decode_started if decode_started else 0.0
+            answer = "".join(raw)
+            self.turns.append((question, stops.text))
+            # The cache holds the prompt and every generated token, so the next turn continues from here
+            # when the template renders this answer as it was generated.
+            self._text_keys = (text + answer, list(model._cached))
+
+    def _keys(self, text: str) -> list:
+        backend = self.model.backend
+        if self._text_keys and text.startswith(self._text_keys[0]):
+            previous_text, previous_keys = self._text_keys
+            return previous_keys + backend.tokenize(text[len(previous_text):])
+        keys = []
+        for piece in self.model.backend.chat.split(text):
+            keys.extend(self.image.keys() if piece is IMAGE else backend.tokenize(piece))
+        return keys
+
+
+class StopStrings:
+    """Cuts an answer at the first stop string, holding back text that may be the start of one."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.text = ""  # the answer so far, without any stop string
+        self._pending = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        self._pending += piece
+        for stop in self.stops:
+            at = self._pending.find(stop)
+            if at >= 0:
+                self._pending, self.stopped = self._pending[:at], True
+                return self.flush()
+        hold = max((k for stop in self.stops for k in range(1, len(stop)) if self._pending.endswith(stop[:k])),
+                   default=0)
+        released, self._pending = self._pending[:len(self._pending) - hold], self._pending[len(self._pending) - hold:]
+        self.text += released
+        return released
+
+    def flush(self) -> str:
+        released, self._pending = self._pending, ""
+        self.text += released
+        return released

@@ -1,1 +1,0 @@
-"""Runtimes: running exported bundles (ONNX Runtime vision + llama.cpp language model)."""
