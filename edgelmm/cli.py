@@ -17,6 +17,7 @@ from edgelmm import __version__
 from edgelmm.errors import UserError
 from edgelmm.quantize.gguf import ALL_TYPES
 from edgelmm.quantize.onnx import VISION_PRECISIONS
+from edgelmm.runtime.backends import BACKENDS
 
 EXIT_USER_ERROR = 2
 
@@ -185,26 +186,116 @@ def recipe(preset: str, **kw) -> None:
 @app.command("eval")
 @click.argument("model_path", metavar="MODEL", type=click.Path())
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Evaluation items (eval.json).")
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", *BACKENDS]),
+              help="For a bundle: the runtime backend that answers.")
 @click.option("--image-folder", type=click.Path(file_okay=False), help="Images [default: next to DATA/images].")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N items.")
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Questions per batch (checkpoints).")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (bundles).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the full report here.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def evaluate_command(model_path: str, data: str, image_folder: str | None, limit: int | None, batch_size: int,
-                     json_out: str | None, quiet: bool) -> None:
-    """Exact-match accuracy per question type and POPE metrics of MODEL (a checkpoint) on DATA."""
+@click.pass_context
+def evaluate_command(ctx: click.Context, model_path: str, data: str, backend: str, image_folder: str | None,
+                     limit: int | None, batch_size: int, threads: int | None, json_out: str | None,
+                     quiet: bool) -> None:
+    """Exact-match accuracy per question type and POPE metrics of MODEL on DATA. MODEL is a checkpoint
+    (answered in batches by PyTorch) or a bundle (answered by the runtime, with --backend)."""
     from pathlib import Path
 
-    from edgelmm.eval.evaluate import evaluate, read_eval_items
+    from edgelmm.eval.evaluate import checkpoint_answerer, evaluate, read_eval_items, runtime_answerer
+    from edgelmm.export.manifest import MANIFEST
     from edgelmm.fsutil import atomic_write_text
-    from edgelmm.modeling import load_checkpoint
 
     items = read_eval_items(data, limit)
-    parts = load_checkpoint(model_path)
-    report = evaluate(parts, items, image_folder or Path(data).parent / "images", batch_size, progress=not quiet)
+    if (Path(model_path) / MANIFEST).is_file():
+        from edgelmm.runtime import load
+
+        answer = runtime_answerer(load(model_path, backend=backend, n_threads=threads, verbose=ctx.obj["verbose"]))
+    else:
+        if backend not in ("auto", "torch"):
+            raise UserError(f"{model_path} is a checkpoint, which only the torch backend runs; export it to a "
+                            "bundle for the others")
+        from edgelmm.modeling import load_checkpoint
+
+        answer = checkpoint_answerer(load_checkpoint(model_path))
+    report = evaluate(answer, items, image_folder or Path(data).parent / "images", batch_size, progress=not quiet)
     click.echo(format_report(report))
     if json_out:
         atomic_write_text(json_out, json.dumps(report, indent=2))
+
+
+DEFAULT_QUESTION = "Describe the image."
+
+
+def _runtime_options(command):
+    """Options shared by `ask` and `chat`."""
+    for option in reversed([
+        click.option("--model", "-m", "model_path", type=click.Path(), help="Bundle folder [default: $EDGELMM_MODEL, "
+                     "else the built-in demo model]."),
+        click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", *BACKENDS])),
+        click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(min=1)),
+        click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0)),
+        click.option("--threads", type=click.IntRange(min=1), help="CPU threads [default: half the cores]."),
+        click.option("-v", "--verbose", is_flag=True, help="Show library logs and tracebacks."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _open_model(ctx: click.Context, model_path, backend, threads, verbose):
+    from edgelmm.runtime import load
+
+    ctx.obj["verbose"] = ctx.obj["verbose"] or verbose
+    return load(model_path, backend=backend, n_threads=threads, verbose=ctx.obj["verbose"])
+
+
+@app.command()
+@click.argument("image", type=click.Path())
+@click.argument("question", required=False, default=DEFAULT_QUESTION)
+@_runtime_options
+@click.option("--json", "as_json", is_flag=True, help="Print the answer and timings as JSON.")
+@click.pass_context
+def ask(ctx: click.Context, image: str, question: str, model_path, backend, max_tokens, temperature, threads,
+        verbose, as_json) -> None:
+    """Answer QUESTION about IMAGE (default: "Describe the image."; "-" reads it from stdin)."""
+    if question == "-":
+        question = sys.stdin.read().strip()
+    model = _open_model(ctx, model_path, backend, threads, verbose)
+    if as_json:
+        answer = model.ask(image, question, max_tokens=max_tokens, temperature=temperature)
+        click.echo(json.dumps({"answer": answer, "model": str(model.path), "timings": model.timings.to_dict()}))
+        return
+    for chunk in model.ask(image, question, max_tokens=max_tokens, temperature=temperature, stream=True):
+        click.echo(chunk, nl=False)
+        sys.stdout.flush()
+    click.echo()
+
+
+@app.command()
+@click.argument("image", type=click.Path())
+@_runtime_options
+@click.pass_context
+def chat(ctx: click.Context, image: str, model_path, backend, max_tokens, temperature, threads, verbose) -> None:
+    """A conversation about IMAGE: one question per line; an empty line or end of input stops."""
+    model = _open_model(ctx, model_path, backend, threads, verbose)
+    conversation = model.chat(image)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        click.echo("Ask about the image. An empty line ends the conversation.", err=True)
+    while True:
+        if interactive:
+            click.echo("> ", nl=False, err=True)
+        line = sys.stdin.readline()
+        if not line.strip():
+            return
+        try:
+            for chunk in conversation.ask(line, max_tokens=max_tokens, temperature=temperature, stream=True):
+                click.echo(chunk, nl=False)
+                sys.stdout.flush()
+        except UserError as e:  # a question too long for what is left of the context: say so, go on
+            click.echo(f"error: {e}", err=True)
+        click.echo()
 
 
 def format_report(report: dict) -> str:

@@ -6,16 +6,25 @@ with each checkpoint, so a model sees exactly the same pixels wherever it runs.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from edgelmm.errors import UserError
 
 RESIZE_RULES = ("shortest_edge_crop", "squash")
+# The decompression-bomb guard: more pixels than this are refused before decoding. It lies above the
+# 200 MP of the largest phone cameras (a decoded RGB image this size takes 750 MB).
+MAX_PIXELS = 250_000_000
+# The largest resized image `preprocess` makes before its centre crop (48 MB in RGB). Only very thin
+# images go past it (beyond about 1:100 at size 384), and they are cropped first.
+_MAX_RESIZED_PIXELS = 2**24
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 # Pillow's enum values, as Hugging Face image processors store them in preprocessor_config.json.
 _HF_RESAMPLE = {"bilinear": 2, "bicubic": 3}
@@ -77,39 +86,117 @@ class ImageSpec:
         return cls(size=int(size["height"]), resize="squash", **common)
 
 
-
 def open_image(image) -> Image.Image:
-    """Decode a path, bytes, PIL image or HxWx3 uint8 array into an upright RGB PIL image."""
+    """Decode a path, bytes, PIL image or HxWx3 uint8 array into an upright RGB PIL image.
+
+    Anything wrong with the input (not an image, truncated, empty, a directory, unreadable, too many
+    pixels, HEIC without pillow-heif) is a UserError with a one-line message naming the file.
+    """
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise UserError(f"an image array must be HxWx3 uint8, got {image.shape} {image.dtype}")
         return Image.fromarray(image, "RGB")
     if isinstance(image, Image.Image):
-        img = image
-    else:
-        source = io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else Path(image)
         try:
-            img = Image.open(source)
+            return _upright_rgb(image)
+        except _DECODE_ERRORS as e:
+            raise UserError(f"cannot use the given image: {e}") from None
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _decode(io.BytesIO(image), "the image data")
+    path = Path(image)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not an image")
+    try:
+        with path.open("rb") as fp:
+            return _decode(fp, str(path))
+    except FileNotFoundError:
+        raise UserError(f"image not found: {path}") from None
+    except PermissionError:
+        raise UserError(f"cannot open {path}: permission denied") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        raise UserError(f"cannot open {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
+# What Pillow raises for corrupt or unsupported files (its own fuzz tests accept these; RuntimeError: pillow-heif).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, NotImplementedError, EOFError, RuntimeError)
+# ISO base media file brands of HEIF still images (iPhone photos are "heic").
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1")
+
+
+def _decode(fp, name: str) -> Image.Image:
+    head = fp.read(12)
+    fp.seek(0)
+    if not head:
+        raise UserError(f"{name} is empty (0 bytes)")
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS and not _heif_registered():
+        raise UserError(f"{name} is a HEIC/HEIF photo; to read it, install HEIF support: "
+                        "pip install 'edgelmm[heif]'")
+    try:
+        with _pillow_limits(), Image.open(fp) as img:
+            if img.width * img.height > MAX_PIXELS:  # Pillow's WebP check only fails at twice its limit
+                raise Image.DecompressionBombError(f"{img.width}x{img.height}")
             img.load()
-        except FileNotFoundError:
-            raise UserError(f"image not found: {image}") from None
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            name = "image bytes" if isinstance(source, io.BytesIO) else str(image)
-            raise UserError(f"cannot read {name} as an image: {e}") from None
+            return _upright_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{name} has more than {MAX_PIXELS / 1e6:g} megapixels, too many to decode "
+                        "safely") from None
+    except Image.UnidentifiedImageError:
+        raise UserError(f"cannot read {name}: not an image, or a damaged one "
+                        "(edgelmm reads JPEG, PNG, WebP, BMP, GIF, TIFF and HEIC)") from None
+    except _DECODE_ERRORS as e:
+        raise UserError(f"cannot read {name} as an image: {e}") from None
+
+
+def _heif_registered() -> bool:
+    """Register pillow-heif's opener with Pillow if the optional `heif` extra is installed."""
+    # Imported only when a HEIF file arrives, so other photos never pay for it; registering is idempotent.
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+@contextlib.contextmanager
+def _pillow_limits():
+    """Pillow's settings as edgelmm needs them, for the duration of one decode."""
+    # Set around each decode and restored after it, so that neither an application's setting (a training
+    # script may set MAX_IMAGE_PIXELS = None or LOAD_TRUNCATED_IMAGES = True) weakens the guards nor
+    # edgelmm's leaks out. Not thread-safe: decoding happens in one thread per process here.
+    saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+    # Pillow only warns above MAX_IMAGE_PIXELS (it fails above twice that): the warning becomes an error.
+    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = MAX_PIXELS, False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def _upright_rgb(img: Image.Image) -> Image.Image:
+    """A new RGB image with EXIF orientation applied; the input is left as it was."""
     img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
-    if img.mode != "RGB":
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            # Composite transparency onto white rather than letting it turn black.
-            rgba = img.convert("RGBA")
-            img = Image.new("RGB", rgba.size, (255, 255, 255))
-            img.paste(rgba, mask=rgba.getchannel("A"))
-        else:
-            img = img.convert("RGB")
-    return img
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        # 16-bit grayscale (PNG, TIFF): scale 0..65535 to 0..255, where Pillow's conversion would clip.
+        a = np.clip(np.asarray(img), 0, 65535).astype(np.uint32)
+        img = Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8))
+    # Alpha, a transparent palette entry or colour key (Image.has_transparency_data needs pillow 10.1).
+    if img.mode in ("RGBA", "LA", "PA", "RGBa") or "transparency" in img.info:
+        # Composite transparency onto white rather than letting it turn black.
+        rgba = img.convert("RGBA")
+        img = Image.new("RGB", rgba.size, (255, 255, 255))
+        img.paste(rgba, mask=rgba.getchannel("A"))
+    return img if img.mode == "RGB" else img.convert("RGB")  # palette, CMYK, grayscale, YCbCr...
 
 
 def preprocess(image, spec: ImageSpec) -> np.ndarray:
-    """The model input for one image: float32 array (3, size, size), normalized RGB."""
+    """The model input for one image: float32 array (3, size, size), normalized RGB.
+
+    Every size is accepted, 1x1 and 1:1000 strips included: a user still gets an answer about what is
+    there, and a minimum size would only turn an odd photo into an error.
+    """
     img = open_image(image)
     w, h = img.size
     resample = _RESAMPLE[spec.resample]
@@ -120,9 +207,21 @@ def preprocess(image, spec: ImageSpec) -> np.ndarray:
         short, long = (w, h) if w <= h else (h, w)
         new_long = int(spec.size * long / short)
         new_w, new_h = (spec.size, new_long) if w <= h else (new_long, spec.size)
-        img = img.resize((new_w, new_h), resample)
         left, top = (new_w - spec.size) // 2, (new_h - spec.size) // 2
-        img = img.crop((left, top, left + spec.size, top + spec.size))
+        if new_w * new_h <= _MAX_RESIZED_PIXELS:
+            img = img.resize((new_w, new_h), resample).crop((left, top, left + spec.size, top + spec.size))
+        else:
+            # A very thin image (1 x 100,000 would become 32 x 3,200,000): resample only the crop, given as
+            # `box` in source pixels, from a whole-pixel cut around it wide enough for the filter (which also
+            # keeps `box`, a float32 in Pillow, precise). Pillow may order its two passes differently then,
+            # so pixels can differ a little from the path above, which ordinary aspect ratios take.
+            sx, sy = w / new_w, h / new_h
+            box = (left * sx, top * sy, min(w, (left + spec.size) * sx), min(h, (top + spec.size) * sy))
+            pad = 2 * max(sx, sy, 1) + 1  # how far bicubic reads either side, in source pixels, plus one
+            x0, y0 = max(0, int(box[0] - pad)), max(0, int(box[1] - pad))
+            x1, y1 = min(w, math.ceil(box[2] + pad)), min(h, math.ceil(box[3] + pad))
+            img = img.crop((x0, y0, x1, y1)).resize(
+                (spec.size, spec.size), resample, box=(box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0))
     x = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, 3)
     x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))  # (3, H, W)

@@ -148,3 +148,27 @@ def test_quantize_report(checkpoint, scenes_dir, tmp_path, capsys):
     assert levels["q4_0"]["lm_bytes"] < levels["q8_0"]["lm_bytes"] < levels["f16"]["lm_bytes"] < levels["f32"]["lm_bytes"]
     assert all(r["mean_kl"] >= -1e-9 for r in levels.values())
     assert (tmp_path / "r.md").read_text().startswith("Quantization report")
+
+
+def test_language_model_on_meta_device_streams_into_a_bundle(tmp_path):
+    """A model built without LM weights exports with weights made per tensor, and the bundle verifies."""
+    import torch
+
+    from edgelmm.export.bundle import write_bundle
+    from edgelmm.export.verify import verify_bundle
+    from edgelmm.modeling import build_model
+
+    parts = build_model("tiny", lm_weights=False)
+    assert parts.model.lm_head.weight.is_meta and not parts.model.projector.linear_1.weight.is_meta
+    made = []
+
+    def materialize(name, tensor):
+        made.append(name)
+        return torch.randn(tensor.shape) * 0.02
+
+    with pytest.raises(ValueError, match="meta device"):
+        write_bundle(parts, tmp_path / "none")
+    out = write_bundle(parts, tmp_path / "b", materialize=materialize)
+    assert verify_bundle(out) == []
+    assert "lm_head.weight" in made and "model.embed_tokens.weight" in made
+    assert json.loads((out / MANIFEST).read_text())["provenance"]["source_checkpoint"] is None

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from edgelmm.data.llava import read_records
 from edgelmm.errors import DataError
 from edgelmm.eval.metrics import score
@@ -43,9 +41,20 @@ def prompt_ids(parts, question: str, with_image: bool) -> list[int]:
     return before + [parts.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)] * parts.num_image_tokens + after
 
 
-@torch.no_grad()
-def answer_batch(parts, questions: list[str], images: list, max_new_tokens: int = 16) -> list[str]:
+MAX_ANSWER_TOKENS = 16
+
+
+def answer_batch(parts, questions: list[str], images: list, max_new_tokens: int = MAX_ANSWER_TOKENS) -> list[str]:
     """Greedy answers for a batch of (question, image path or None), left-padded together."""
+    import torch
+
+    with torch.no_grad():
+        return _answer_batch(parts, questions, images, max_new_tokens)
+
+
+def _answer_batch(parts, questions, images, max_new_tokens):
+    import torch
+
     model, tok = parts.model, parts.tokenizer
     model.eval()
     prompts = [prompt_ids(parts, q, img is not None) for q, img in zip(questions, images)]
@@ -63,8 +72,20 @@ def answer_batch(parts, questions: list[str], images: list, max_new_tokens: int 
     return [tok.decode(row[longest:], skip_special_tokens=True).strip() for row in out]
 
 
-def evaluate(parts, items: list[dict], image_folder: str | Path, batch_size: int = 16, progress: bool = True) -> dict:
-    """Answer every item greedily and score the answers; the report includes each prediction."""
+def checkpoint_answerer(parts):
+    """Answers from a checkpoint in PyTorch, a batch at a time."""
+    return lambda questions, images: answer_batch(parts, questions, images)
+
+
+def runtime_answerer(model):
+    """Answers from a loaded runtime model (`edgelmm.load`), one question at a time."""
+    return lambda questions, images: [model.ask(image, question, max_tokens=MAX_ANSWER_TOKENS)
+                                      for question, image in zip(questions, images)]
+
+
+def evaluate(answer, items: list[dict], image_folder: str | Path, batch_size: int = 16, progress: bool = True) -> dict:
+    """Answer every item greedily with `answer(questions, images)` and score the answers; the report
+    includes each prediction."""
     from tqdm import tqdm
 
     image_folder = Path(image_folder)
@@ -75,7 +96,7 @@ def evaluate(parts, items: list[dict], image_folder: str | Path, batch_size: int
         missing = [str(p) for p in images if p is not None and not p.is_file()]
         if missing:
             raise DataError(f"eval images missing: {', '.join(missing[:3])}")
-        predictions.extend(answer_batch(parts, [it["question"] for it in batch], images))
+        predictions.extend(answer([it["question"] for it in batch], images))
     report = score(items, predictions)
     report["predictions"] = [{"id": it.get("id"), "type": it.get("type"), "answer": it["answer"], "prediction": p}
                              for it, p in zip(items, predictions)]

@@ -14,7 +14,7 @@ from edgelmm import __version__
 from edgelmm.errors import ConfigError
 from edgelmm.export.manifest import FORMAT, FORMAT_VERSION, MANIFEST, file_entry
 from edgelmm.fsutil import atomic_output_dir, check_output_dir
-from edgelmm.quantize.gguf import ALL_TYPES, EXPORT_TYPES, quantize_gguf
+from edgelmm.quantize.gguf import ALL_TYPES, EXPORT_TYPES, QUANT_SOURCE, quantize_gguf
 from edgelmm.quantize.onnx import VISION_PRECISIONS, convert_vision
 from edgelmm.tokenizer import IMAGE_TOKEN
 
@@ -38,19 +38,35 @@ def check_exportable(parts) -> None:
         raise ConfigError("cannot export a model that concatenates several vision feature layers")
 
 
-def export_bundle(checkpoint: str | Path, out: str | Path, *, quant: str = "q4_k_m", vision: str = "fp32",
-                  force: bool = False, log=lambda message: None) -> Path:
-    """Export `checkpoint` to the bundle folder `out`; returns its path."""
-    from edgelmm.export.gguf_lm import export_gguf
-    from edgelmm.export.onnx_vision import export_vision_onnx
-    from edgelmm.modeling import load_checkpoint
-
+def _check_options(quant: str, vision: str) -> None:
     if quant not in ALL_TYPES:
         raise ConfigError(f"unknown quantization {quant!r}; valid: {', '.join(ALL_TYPES)}")
     if vision not in VISION_PRECISIONS:
         raise ConfigError(f"unknown vision precision {vision!r}; valid: {', '.join(VISION_PRECISIONS)}")
+
+
+def export_bundle(checkpoint: str | Path, out: str | Path, *, quant: str = "q4_k_m", vision: str = "fp32",
+                  force: bool = False, log=lambda message: None) -> Path:
+    """Export `checkpoint` to the bundle folder `out`; returns its path."""
+    from edgelmm.modeling import load_checkpoint
+
+    _check_options(quant, vision)
     check_output_dir(out, force)  # before minutes of work, not only at the end
     parts = load_checkpoint(checkpoint)
+    return write_bundle(parts, out, quant=quant, vision=vision, force=force, log=log, source=checkpoint)
+
+
+def write_bundle(parts, out: str | Path, *, quant: str = "q4_k_m", vision: str = "fp32", force: bool = False,
+                 log=lambda message: None, source: str | Path | None = None, materialize=None) -> Path:
+    """Write the bundle of `parts` (ModelParts) to the folder `out`; returns its path.
+
+    `log` is told each step as it starts. `source` is the checkpoint recorded as provenance;
+    `materialize` goes to `export_gguf`, for a language model on the meta device.
+    """
+    from edgelmm.export.gguf_lm import export_gguf
+    from edgelmm.export.onnx_vision import export_vision_onnx
+
+    _check_options(quant, vision)
     check_exportable(parts)
     config = parts.model.config
     lm_file = f"lm-{quant}.gguf"
@@ -59,13 +75,17 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, quant: str = "q4_k
         exported = export_vision_onnx(parts.model, tmp / "vision-fp32.onnx", parts.image_spec.size)
         convert_vision(exported, tmp / "vision.onnx", vision)
         exported.unlink()
-        log(f"exporting the language model to GGUF ({quant})")
         if quant in EXPORT_TYPES:
-            export_gguf(parts, tmp / lm_file, dtype=quant)
+            log(f"writing the language model to GGUF ({quant})")
+            export_gguf(parts, tmp / lm_file, dtype=quant, materialize=materialize)
         else:
-            export_gguf(parts, tmp / "lm-f32.gguf", dtype="f32")
-            quantize_gguf(tmp / "lm-f32.gguf", tmp / lm_file, quant)
-            (tmp / "lm-f32.gguf").unlink()
+            source_file = tmp / f"lm-{QUANT_SOURCE}.gguf"
+            log(f"writing the language model to GGUF ({QUANT_SOURCE}, for the quantizer)")
+            export_gguf(parts, source_file, dtype=QUANT_SOURCE, materialize=materialize)
+            log(f"quantizing the language model to {quant} with llama.cpp")
+            quantize_gguf(source_file, tmp / lm_file, quant)
+            source_file.unlink()
+        log("hashing the files and writing the manifest")
         files = {"vision": file_entry(tmp, "vision.onnx"), "lm": file_entry(tmp, lm_file)}
         for extra in sorted(p.name for p in tmp.iterdir() if p.name not in ("vision.onnx", lm_file)):
             files[f"vision_data:{extra}"] = file_entry(tmp, extra)  # external weights of a large graph
@@ -87,7 +107,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, quant: str = "q4_k
             "prompt": {"chat_template": parts.tokenizer.chat_template, "image_placeholder": IMAGE_TOKEN,
                        "bos": parts.tokenizer.bos_token, "stop": stop_strings(parts), "system_prompt": None},
             "generation": {"max_tokens": DEFAULT_MAX_TOKENS, "temperature": 0.0},
-            "provenance": {"edgelmm_version": __version__, "source_checkpoint": str(Path(checkpoint).resolve()),
+            "provenance": {"edgelmm_version": __version__,
+                           "source_checkpoint": str(Path(source).resolve()) if source else None,
                            "preset": getattr(config, "edgelmm_preset", None),
                            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
         }

@@ -3,6 +3,11 @@
 Tensors are renamed with gguf-py's own tables (the names llama.cpp's converter uses); hyperparameters
 are written per architecture. Llama's q/k projections are permuted into the rotary-embedding layout
 llama.cpp expects (Hugging Face stores them interleaved by halves); Phi-3 and Qwen2 need no change.
+
+Tensors are streamed: the header and tensor index are written from shapes alone, then each tensor is
+converted and written in turn, so the writer holds one converted tensor at a time, never a second copy
+of the model. A language model on the meta device (shapes only) can be written too, with a function
+that makes each tensor's values as it is reached (the real-scale benchmark's random weights).
 """
 
 from __future__ import annotations
@@ -60,34 +65,49 @@ def gguf_arch(text_config) -> MODEL_ARCH:
     return GGUF_ARCHS[text_config.model_type]
 
 
-def export_gguf(parts, path: str | Path, dtype: str = "f32", name: str = "edgelmm") -> Path:
-    """Write the LM of `parts` (ModelParts) with its tokenizer to a GGUF file at `path`."""
+def export_gguf(parts, path: str | Path, dtype: str = "f32", name: str = "edgelmm",
+                materialize=None) -> Path:
+    """Write the LM of `parts` (ModelParts) with its tokenizer to a GGUF file at `path`.
+
+    `materialize(hf_name, tensor)` gives the values of a tensor on the meta device; other tensors are
+    written as they are.
+    """
     cfg = parts.model.config.text_config
     arch = gguf_arch(cfg)
     np_dtype, file_type = DTYPES[dtype]
     names = get_tensor_name_map(arch, cfg.num_hidden_layers)
+    n_kv = cfg.num_key_value_heads or cfg.num_attention_heads
     writer = GGUFWriter(str(path), MODEL_ARCH_NAMES[arch])
     writer.add_name(name)
     writer.add_file_type(file_type)
     _hparams(writer, cfg)
     add_tokenizer(writer, parts.tokenizer, cfg.vocab_size)
-    n_kv = cfg.num_key_value_heads or cfg.num_attention_heads
+    plan = []  # (HF name, tensor, output dtype), in file order
     for hf_name, tensor in lm_tensors(parts.model):
         if "rotary_emb" in hf_name:
             continue
         gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise ConfigError(f"no GGUF name for tensor {hf_name}")
-        t = tensor.detach().float()
-        if arch == MODEL_ARCH.LLAMA and hf_name.endswith("q_proj.weight"):
-            t = _permute_rope(t, cfg.num_attention_heads)
-        elif arch == MODEL_ARCH.LLAMA and hf_name.endswith("k_proj.weight"):
-            t = _permute_rope(t, n_kv)
         # Norms and biases stay float32: llama.cpp expects 1-D tensors unquantized.
-        out = t.numpy().astype(np_dtype if t.ndim == 2 else np.float32)
-        writer.add_tensor(gguf_name, out)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+        out_dtype = np.dtype(np_dtype if tensor.ndim == 2 else np.float32)
+        writer.add_tensor_info(gguf_name, tuple(tensor.shape), out_dtype, tensor.numel() * out_dtype.itemsize)
+        plan.append((hf_name, tensor, out_dtype))
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for hf_name, tensor, out_dtype in plan:
+            if tensor.is_meta:
+                if materialize is None:
+                    raise ValueError(f"{hf_name} has no values (meta device) and no materialize function was given")
+                tensor = materialize(hf_name, tensor)
+            t = tensor.detach().float()  # no copy for a float32 model
+            if arch == MODEL_ARCH.LLAMA and hf_name.endswith("q_proj.weight"):
+                t = _permute_rope(t, cfg.num_attention_heads)
+            elif arch == MODEL_ARCH.LLAMA and hf_name.endswith("k_proj.weight"):
+                t = _permute_rope(t, n_kv)
+            writer.write_tensor_data(t.numpy().astype(out_dtype, copy=False))
+    finally:
+        writer.close()
     return Path(path)

@@ -137,11 +137,14 @@ def _lm_part(ref: str, tokenizer):
 
 def build_model(preset: str | None = None, *, vision: str | None = None, llm: str | None = None,
                 projector: str | None = None, projector_args: dict | None = None,
-                tokenizer=None) -> ModelParts:
+                tokenizer=None, lm_weights: bool = True) -> ModelParts:
     """Build a LLaVA-style model from a preset and/or local parts (see the module docstring).
 
     `vision` and `llm` each take a preset name (that preset's part, random weights) or a folder
     (pretrained weights); they default to `preset`'s. The projector is always new.
+    `lm_weights=False` leaves a preset's language model on the meta device (shapes, no memory): for
+    exporting a real-scale model whose weights are made per tensor while writing
+    (`export_gguf(..., materialize=...)`; benchmarks/export_real_scale.py).
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -160,6 +163,8 @@ def build_model(preset: str | None = None, *, vision: str | None = None, llm: st
 
     vision_config, tower, image_spec = _vision_part(vision)
     text_config, lm, tokenizer = _lm_part(llm, tokenizer)
+    if lm is not None and not lm_weights:
+        raise ConfigError("lm_weights=False applies to a preset's language model, not a pretrained one")
     pretrained = [part for part, loaded in (("vision", tower), ("lm", lm)) if loaded is not None]
     same_preset = base is not None and vision == llm == preset
     config = make_llava_config(vision_config, text_config, image_token_id=image_token_id(tokenizer),
@@ -171,14 +176,17 @@ def build_model(preset: str | None = None, *, vision: str | None = None, llm: st
     with torch.device("meta"):
         model = EdgeLlavaForConditionalGeneration(config)
     model.model.vision_tower = tower or vision_arch_of(vision_config.model_type).model_cls()(config.vision_config)
-    lm = lm or AutoModelForCausalLM.from_config(config.text_config)
-    model.model.language_model, model.lm_head = lm.model, lm.lm_head
+    if lm_weights:  # otherwise the shell's language model and head stay as they are, on the meta device
+        lm = lm or AutoModelForCausalLM.from_config(config.text_config)
+        model.model.language_model, model.lm_head = lm.model, lm.lm_head
     model.model.multi_modal_projector = build_projector(config)
     if len(tokenizer) > config.text_config.vocab_size:  # a pretrained LM whose vocab lacked `<image>`
         with _quiet_transformers():
             model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
     model.float()
-    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    lm_prefixes = () if lm_weights else ("model.language_model.", "lm_head.")
+    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()]
+            if t.is_meta and not n.startswith(lm_prefixes)]
     assert not meta, f"parts left uninitialized: {meta[:3]}"
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     # What is already trained, for the training stages' prerequisites (edgelmm.train.stages).

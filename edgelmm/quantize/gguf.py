@@ -16,6 +16,10 @@ from edgelmm.errors import UserError
 QUANT_TYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
                "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
 EXPORT_TYPES = ("f32", "f16")
+# What the exporter writes for the quantizer to read (llama.cpp's own converter also writes f16): half
+# the disk and I/O of f32 (7.6 GB instead of 15 GB for a 3.8B model), and its rounding is far below
+# that of the 8- and 4-bit levels made from it.
+QUANT_SOURCE = "f16"
 ALL_TYPES = (*QUANT_TYPES, *EXPORT_TYPES)
 
 

@@ -19,8 +19,16 @@ REPORT_LEVELS = ("f32", "f16", "q8_0", "q4_k_m", "q4_0")
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x - x.max()
-    return x - np.log(np.exp(x).sum())
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def next_token_agreement(ref_logits: np.ndarray, logits: np.ndarray) -> dict:
+    """Top-1 agreement and mean KL(p_ref || p) of next-token distributions given as logits (or
+    log-probabilities), one row per position: the reference (fp32 PyTorch) and the model under test."""
+    logp, logq = (_log_softmax(np.asarray(x, dtype=np.float64)) for x in (ref_logits, logits))
+    kl = (np.exp(logp) * (logp - logq)).sum(-1)
+    return {"top1_agreement": float(np.mean(logp.argmax(-1) == logq.argmax(-1))), "mean_kl": float(np.mean(kl))}
 
 
 @torch.no_grad()
@@ -55,17 +63,14 @@ def compare_gguf(path: Path, cases: list[dict]) -> dict:
     with native_stderr_silenced():
         llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=None, verbose=False)
     decoder = SequenceDecoder(llm)
-    agree, kls = [], []
+    logits = []
     for case in cases:
         decoder.reset()
         decoder.tokens(case["before"])
         decoder.embeddings(case["image"])
-        logq = _log_softmax(decoder.tokens(case["after"]).astype(np.float64))
-        p = np.exp(case["logp"])
-        agree.append(int(logq.argmax() == case["logp"].argmax()))
-        kls.append(float((p * (case["logp"] - logq)).sum()))
+        logits.append(decoder.tokens(case["after"]))
     llm.close()
-    return {"top1_agreement": float(np.mean(agree)), "mean_kl": float(np.mean(kls))}
+    return next_token_agreement(np.stack([c["logp"] for c in cases]), np.stack(logits))
 
 
 def quantization_report(checkpoint: str | Path, eval_json: str | Path, *, limit: int = 50,

@@ -36,14 +36,22 @@ class SequenceDecoder:
 
     def tokens(self, ids: list[int], all_logits: bool = False) -> np.ndarray:
         """Decode token ids; returns logits (n, vocab) if `all_logits` else the last row (vocab,)."""
-        return self._decode(len(ids), all_logits, tokens=ids)
+        return self._in_batches(ids, all_logits, lambda part, logits: self._decode(len(part), logits, tokens=part))
 
     def embeddings(self, embeds: np.ndarray, all_logits: bool = False) -> np.ndarray:
         """Decode float embeddings (n, n_embd) as if they were tokens."""
         embeds = np.ascontiguousarray(embeds, dtype=np.float32)
         if embeds.ndim != 2 or embeds.shape[1] != self.n_embd:
             raise ValueError(f"embeddings must be (n, {self.n_embd}), got {embeds.shape}")
-        return self._decode(len(embeds), all_logits, embeds=embeds)
+        return self._in_batches(embeds, all_logits,
+                                lambda part, logits: self._decode(len(part), logits, embeds=np.ascontiguousarray(part)))
+
+    def _in_batches(self, items, all_logits: bool, decode) -> np.ndarray:
+        """llama.cpp decodes at most n_batch positions per call, so longer inputs go in slices."""
+        step = self.llm.n_batch
+        slices = [items[i:i + step] for i in range(0, len(items), step)]
+        out = [decode(part, all_logits) for part in slices]
+        return np.concatenate(out) if all_logits else out[-1]
 
     def decode_token(self, token: int) -> None:
         """Decode one token without copying logits out (the sampler reads them in place)."""

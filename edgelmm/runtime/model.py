@@ -98,9 +98,8 @@ class Model:
                 raise UserError(f"image embeddings must be (N, D), got shape {image.shape}")
             return ImageEmbeddings(image)
         started = time.perf_counter()
-        pixels = preprocess(image, self.backend.image_spec)
-        with self._lock:
-            embeds = self.backend.encode_image(pixels)
+        with self._lock:  # decoding too: Pillow's limits are process-wide settings
+            embeds = self.backend.encode_image(preprocess(image, self.backend.image_spec))
         self.timings.image_encode = time.perf_counter() - started
         return ImageEmbeddings(embeds)
 

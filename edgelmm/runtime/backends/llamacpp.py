@@ -54,7 +54,7 @@ class LlamaCppBackend:
         threads = n_threads or max(1, (os.cpu_count() or 2) // 2 or 1)
         try:
             with native_stderr_silenced(not verbose):
-                self.llm = llama_cpp.Llama(str(bundle / files["lm"]["path"]), n_ctx=n_ctx, n_batch=min(n_ctx, 512),
+                self.llm = llama_cpp.Llama(str(bundle / files["lm"]["path"]), n_ctx=n_ctx, n_batch=512,
                                            n_threads=threads, n_threads_batch=threads, verbose=verbose)
         except (ValueError, RuntimeError) as e:
             raise BundleError(f"llama.cpp cannot load {files['lm']['path']}: {e}") from None

@@ -1,0 +1,106 @@
+"""Runtime speed and memory: the llamacpp backend (ONNX Runtime + llama.cpp) against the torch
+backend (the transformers checkpoint the bundle was exported from), on the same images and questions.
+
+Each backend runs in its own process, so peak RSS is that backend's alone. Every image is a new
+question (image encoded, prompt decoded from scratch). Figures are medians over all runs; the ratios
+compare the two backends measured in this same invocation.
+
+    python benchmarks/runtime.py [--model BUNDLE] [--images DIR] [--runs 5] [--threads 2] [--json OUT]
+
+The bundle's source checkpoint must still exist for the torch backend (`edgelmm show BUNDLE`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+QUESTION = "Describe the image."
+METRICS = ("load", "image_encode", "prefill", "time_to_first_token", "tokens_per_second")
+
+
+def worker(backend: str, model: str | None, images: list[str], runs: int, threads: int | None,
+           max_tokens: int) -> dict:
+    """Measure one backend in this process; returns per-run timings, peak RSS and size on disk."""
+    import edgelmm
+
+    started = time.perf_counter()
+    loaded = edgelmm.load(model, backend=backend, n_threads=threads)
+    load_seconds = time.perf_counter() - started
+    loaded.ask(images[0], QUESTION, max_tokens=4)  # warm-up: first-call allocations are not the steady state
+    rows = []
+    for _ in range(runs):
+        for image in images:
+            loaded.ask(image, QUESTION, max_tokens=max_tokens)
+            t = loaded.timings
+            rows.append({"image_encode": t.image_encode, "prefill": t.prefill,
+                         "time_to_first_token": t.image_encode + t.first_token,
+                         "tokens_per_second": t.tokens_per_second, "decode_tokens": t.decode_tokens})
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    return {"backend": backend, "load": load_seconds, "runs": rows, "peak_rss_mb": peak_kb / 1024,
+            "size_on_disk_mb": loaded.backend.size_on_disk / 1e6}
+
+
+def summarize(result: dict) -> dict:
+    rows = result["runs"]
+    summary = {"load": result["load"], "peak_rss_mb": result["peak_rss_mb"],
+               "size_on_disk_mb": result["size_on_disk_mb"]}
+    for key in METRICS[1:]:
+        summary[key] = statistics.median(r[key] for r in rows)
+    summary["decode_tokens"] = statistics.median(r["decode_tokens"] for r in rows)
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="bundle folder [default: the built-in demo model]")
+    parser.add_argument("--images", help="folder of images [default: the package's examples/]")
+    parser.add_argument("--runs", type=int, default=5, help="passes over the images per backend")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for both backends")
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--json", dest="json_out", help="write the figures here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    folder = Path(args.images) if args.images else Path(__file__).resolve().parent.parent / "examples"
+    images = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:4]
+    if not images:
+        parser.error(f"no images in {folder}")
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.model, images, args.runs, args.threads, args.max_tokens)))
+        return 0
+
+    results = {}
+    for backend in ("llamacpp", "torch"):
+        command = [sys.executable, __file__, "--worker", backend, "--images", str(folder), "--runs", str(args.runs),
+                   "--max-tokens", str(args.max_tokens)]
+        command += ["--model", args.model] if args.model else []
+        command += ["--threads", str(args.threads)] if args.threads else []
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        results[backend] = summarize(json.loads(out.strip().splitlines()[-1]))
+
+    fast, ref = results["llamacpp"], results["torch"]
+    ratios = {"time_to_first_token_speedup": ref["time_to_first_token"] / fast["time_to_first_token"],
+              "decode_speedup": fast["tokens_per_second"] / ref["tokens_per_second"],
+              "peak_rss_ratio": fast["peak_rss_mb"] / ref["peak_rss_mb"],
+              "load_speedup": ref["load"] / fast["load"]}
+    print(f"{len(images)} images x {args.runs} runs, '{QUESTION}', up to {args.max_tokens} tokens; medians")
+    print(f"{'':22}{'llamacpp':>12}{'torch':>12}")
+    for key, unit in (("load", "s"), ("image_encode", "s"), ("prefill", "s"), ("time_to_first_token", "s"),
+                      ("tokens_per_second", "tok/s"), ("peak_rss_mb", "MB"), ("size_on_disk_mb", "MB")):
+        print(f"{key + ' (' + unit + ')':22}{fast[key]:>12.4g}{ref[key]:>12.4g}")
+    for key, value in ratios.items():
+        print(f"{key:30}{value:8.2f}x")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"backends": results, "ratios": ratios}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The runtime on a tiny bundle: llama.cpp against the torch reference, conversations reusing the KV
+cache, streaming, threads, image kinds, and every way a bundle or a question can be wrong."""
+
+import json
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgelmm.errors import UserError
+from edgelmm.export.manifest import MANIFEST, BundleError
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    import torch
+
+    from edgelmm.modeling import build_model, save_checkpoint
+
+    torch.manual_seed(1)
+    return save_checkpoint(build_model("tiny"), tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def bundle(checkpoint, tmp_path_factory):
+    from edgelmm.export.bundle import export_bundle
+
+    return export_bundle(checkpoint, tmp_path_factory.mktemp("bundles") / "tiny-f16", quant="f16")
+
+
+@pytest.fixture(scope="module")
+def model(bundle):
+    import edgelmm
+
+    return edgelmm.load(bundle)
+
+
+@pytest.fixture(scope="module")
+def reference(bundle):
+    import edgelmm
+
+    return edgelmm.load(bundle, backend="torch")
+
+
+def test_llamacpp_answers_equal_torch_answers(model, reference, scenes_dir):
+    items = json.loads((scenes_dir / "eval.json").read_text())[:100]
+    same = 0
+    for item in items:
+        image = scenes_dir / "images" / item["image"]
+        same += model.ask(image, item["question"], max_tokens=8) == reference.ask(image, item["question"], max_tokens=8)
+    assert same >= 95
+
+
+def test_chat_template_renders_like_transformers(checkpoint):
+    from edgelmm.modeling import load_checkpoint
+    from edgelmm.runtime.prompt import ChatFormat
+
+    tok = load_checkpoint(checkpoint).tokenizer
+    fmt = ChatFormat(tok.chat_template, bos=tok.bos_token, system_prompt="Be brief.")
+    turns = [("How many?", "Two."), ("What colour?", None)]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "<image>\nHow many?"},
+                {"role": "assistant", "content": "Two."}, {"role": "user", "content": "What colour?"}]
+    assert fmt.render_text(turns) == tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def test_follow_up_reuses_the_cache_and_equals_a_fresh_reading(model, scenes_dir):
+    image = scenes_dir / "images" / "es0_000003.png"
+    conv = model.chat(image)
+    first = conv.ask("How many circles are there?", max_tokens=6)
+    cached = len(model._cached)
+    second = conv.ask("What color is the star?", max_tokens=6)
+    assert model.timings.reused_tokens == cached  # neither the image nor the first turn was decoded again
+    assert model.timings.prompt_tokens - model.timings.reused_tokens < 20
+
+    model.backend.truncate(0)  # the same conversation read from scratch gives the same answer
+    model._cached = []
+    replay = model.chat(image)
+    replay.turns = [("How many circles are there?", conv.turns[0][1])]
+    assert replay.ask("What color is the star?", max_tokens=6) == second
+    assert first == conv.turns[0][1].strip()
+
+
+def test_every_image_kind_and_embeddings_give_one_answer(model, scenes_dir):
+    path = scenes_dir / "images" / "es0_000005.png"
+    pil = Image.open(path)
+    expected = model.ask(path, "Describe the image.", max_tokens=8)
+    for image in (str(path), path.read_bytes(), pil, np.asarray(pil.convert("RGB"))):
+        assert model.ask(image, "Describe the image.", max_tokens=8) == expected
+    embeds = model.encode_image(path)
+    assert embeds.shape == (16, 64) and embeds.dtype == np.float32
+    assert model.ask(embeds, "Describe the image.", max_tokens=8) == expected
+
+
+def test_stream_yields_the_answer_in_pieces(model, scenes_dir):
+    path = scenes_dir / "images" / "es0_000006.png"
+    pieces = list(model.ask(path, "Describe the image.", max_tokens=12, stream=True))
+    assert len(pieces) > 1 and "".join(pieces).strip() == model.ask(path, "Describe the image.", max_tokens=12)
+    timings = model.timings.to_dict()
+    assert timings["decode_tokens"] > 0 and timings["first_token"] > 0 and timings["tokens_per_second"] > 0
+
+
+def test_threads_share_one_model_safely(model, scenes_dir):
+    paths = [scenes_dir / "images" / f"es0_{i:06d}.png" for i in range(8)]
+    expected = [model.ask(p, "How many objects are there?", max_tokens=6) for p in paths]
+    got = [None] * len(paths)
+
+    def work(i):
+        got[i] = model.ask(paths[i], "How many objects are there?", max_tokens=6)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(paths))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == expected
+
+
+def test_sampling_with_temperature_is_seeded(model, scenes_dir):
+    path = scenes_dir / "images" / "es0_000007.png"
+    a = model.ask(path, "Describe the image.", max_tokens=10, temperature=1.0, seed=3)
+    assert a == model.ask(path, "Describe the image.", max_tokens=10, temperature=1.0, seed=3)
+
+
+def test_stop_strings_cut_the_answer_and_hold_back_their_start():
+    from edgelmm.runtime.model import StopStrings
+
+    stops = StopStrings(["<|end|>"])
+    out = [stops.feed(p) for p in ("Two", " red<", "|en", "d|> more")]
+    assert out == ["Two", " red", "", ""] and stops.stopped and stops.text == "Two red"
+    stops = StopStrings(["<|end|>"])
+    assert stops.feed("a <b") == "a <b" and stops.flush() == ""
+
+
+def test_runtime_imports_neither_torch_nor_transformers(bundle, scenes_dir):
+    code = ("import sys, edgelmm; m = edgelmm.load(sys.argv[1]); m.ask(sys.argv[2], 'How many?', max_tokens=2); "
+            "print(sorted(n for n in ('torch', 'transformers') if n in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(bundle), str(scenes_dir / "images" / "es0_000000.png")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_question_longer_than_the_context_is_a_user_error(bundle, scenes_dir):
+    import edgelmm
+
+    small = edgelmm.load(bundle, n_ctx=256)
+    with pytest.raises(UserError, match=f"context holds {small.backend.n_ctx}"):
+        small.ask(scenes_dir / "images" / "es0_000000.png", "circle " * 600)
+
+
+def test_damaged_bundles_and_unknown_backends_are_user_errors(bundle, tmp_path):
+    import shutil
+
+    import edgelmm
+
+    with pytest.raises(UserError, match="unknown backend 'onnx'"):
+        edgelmm.load(bundle, backend="onnx")
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    data = bytearray((broken / "vision.onnx").read_bytes())
+    data[-1] ^= 1
+    (broken / "vision.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="vision.onnx fails its sha256 check"):
+        edgelmm.load(broken)
+    (broken / "vision.onnx").unlink()
+    with pytest.raises(BundleError, match="vision.onnx is missing"):
+        edgelmm.load(broken)
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    (broken / MANIFEST).write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(BundleError, match="upgrade edgelmm"):
+        edgelmm.load(broken)
+
+
+def test_load_without_a_model_uses_the_environment(bundle, monkeypatch, tmp_path):
+    import edgelmm
+
+    monkeypatch.setenv("EDGELMM_MODEL", str(bundle))
+    assert edgelmm.load().path == bundle
+    monkeypatch.setenv("EDGELMM_MODEL", str(tmp_path / "nowhere"))
+    with pytest.raises(BundleError, match="not found"):
+        edgelmm.load()
