@@ -181,3 +181,54 @@ def test_load_without_a_model_uses_the_environment(bundle, monkeypatch, tmp_path
     monkeypatch.setenv("EDGELMM_MODEL", str(tmp_path / "nowhere"))
     with pytest.raises(BundleError, match="not found"):
         edgelmm.load()
+
+
+def run_cli(capsys, monkeypatch, *args, stdin=""):
+    import io
+
+    from edgelmm import cli
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_ask_streams_the_answer_and_reports_timings(bundle, model, scenes_dir, capsys, monkeypatch):
+    image = scenes_dir / "images" / "es0_000002.png"
+    expected = model.ask(image, "How many circles are there?", max_tokens=6)
+    code, out, _ = run_cli(capsys, monkeypatch, "ask", image, "How many circles are there?", "-m", bundle,
+                           "--max-tokens", 6)
+    assert code == 0 and out.strip() == expected
+    code, out, _ = run_cli(capsys, monkeypatch, "ask", image, "-", "-m", bundle, "--max-tokens", 6, "--json",
+                           stdin="How many circles are there?\n")
+    report = json.loads(out)
+    assert code == 0 and report["answer"] == expected
+    assert set(report["timings"]) >= {"load", "image_encode", "prefill", "first_token", "tokens_per_second"}
+
+
+def test_cli_chat_answers_each_line(bundle, model, scenes_dir, capsys, monkeypatch):
+    image = scenes_dir / "images" / "es0_000002.png"
+    conv = model.chat(image)
+    expected = [conv.ask(q, max_tokens=5) for q in ("How many circles are there?", "What color is the star?")]
+    code, out, _ = run_cli(capsys, monkeypatch, "chat", image, "-m", bundle, "--max-tokens", 5,
+                           stdin="How many circles are there?\nWhat color is the star?\n\n")
+    assert code == 0 and [line.strip() for line in out.splitlines()] == expected
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("missing.png", None, "image not found"), ("", None, "is a directory"), ("empty.png", b"", "empty"),
+    ("text.png", b"hello", "not an image")])
+def test_cli_ask_bad_images_exit_2_with_one_line(bundle, tmp_path, capsys, monkeypatch, name, content, message):
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    code, out, err = run_cli(capsys, monkeypatch, "ask", tmp_path / name, "-m", bundle)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and out == ""
+
+
+def test_cli_ask_bad_bundle_and_backend_exit_2(scenes_dir, tmp_path, capsys, monkeypatch):
+    image = scenes_dir / "images" / "es0_000002.png"
+    code, _, err = run_cli(capsys, monkeypatch, "ask", image, "-m", tmp_path)
+    assert code == 2 and "not an edgelmm bundle" in err
+    code, _, err = run_cli(capsys, monkeypatch, "ask", image, "--backend", "onnx")
+    assert code == 2 and "onnx" in err

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Rebuild the built-in demo model end to end: EdgeScenes data, every training stage, export to a
+# Q4_K_M bundle with fp32 vision, and the evaluation of checkpoint and bundle on held-out images.
+#   scripts/build-demo-model.sh [WORK_DIR]      (about 75 minutes on 2 CPU cores)
+# The bundle replaces edgelmm/models/demo; the figures land in WORK_DIR/eval-*.json.
+set -euo pipefail
+work="${1:-runs/demo-build}"
+here="$(cd "$(dirname "$0")/.." && pwd)"
+edgelmm data synth --out "$work/data" --n-images 10000 --seed 0 -q
+edgelmm data synth --out "$work/eval-data" --n-images 500 --seed 1 -q
+edgelmm train recipe --preset demo --data "$work/data" --out "$work/train"
+edgelmm export "$work/train/instruct/model" --out "$here/edgelmm/models/demo" --quant q4_k_m --vision fp32 --force
+edgelmm eval "$work/train/instruct/model" --data "$work/eval-data/eval.json" --json "$work/eval-checkpoint.json" -q
+edgelmm eval "$here/edgelmm/models/demo" --data "$work/eval-data/eval.json" --json "$work/eval-bundle.json" -q
