@@ -62,7 +62,8 @@ PRESETS.add("demo", Preset(
     # Tuned for about an hour on 2 CPU cores with 10,000 EdgeScenes images. A from-scratch model this
     # small learns far faster than LLaVA's 2e-5, and the instruct stage keeps tuning the tower.
     training={
-        "clip": {"lr": 1e-3, "epochs": 4, "batch_size": 128, "warmup": 0.05},
+        # Small batches: a ViT trained from scratch needs many updates before it sees shapes.
+        "clip": {"lr": 5e-4, "epochs": 6, "batch_size": 32, "warmup": 0.05},
         "lm": {"lr": 1e-3, "epochs": 0.35, "batch_size": 32, "max_length": 256},
         "align": {"lr": 1e-3, "epochs": 1, "batch_size": 32, "grad_accum": 1, "max_length": 256},
         "instruct": {"lr": 5e-4, "epochs": 1.5, "batch_size": 16, "grad_accum": 1, "max_length": 256,

@@ -147,6 +147,25 @@ def test_stage1_is_llava_caption_pairs(scenes, scenes_dir):
     assert len(instructions) >= 8
 
 
+def test_stage1_negatives_change_one_detail_and_regions_box_each_object(scenes, scenes_dir):
+    words = re.compile(r"(small|large) (" + "|".join(COLORS) + r") (" + "|".join(SHAPES) + ")")
+    for r in load(scenes_dir, "stage1.json"):
+        caption = r["conversations"][1]["value"]
+        objects = words.findall(caption)
+        assert len(r["negatives"]) == 3
+        for negative, changed in zip(r["negatives"], (2, 2, 1)):  # shape, shapes swapped, colour
+            other = words.findall(negative)
+            assert words.sub("", negative) == words.sub("", caption)  # worded the same way
+            assert len(other) == len(objects) and other != objects
+            for part in range(3):  # only the changed part of (size, colour, shape) differs
+                assert ([o[part] for o in other] == [o[part] for o in objects]) == (part != changed)
+        scene = scenes[r["image"]]
+        assert [g["phrase"] for g in r["regions"]] == [f"{o['size']} {o['color']} {o['shape']}" for o in scene["objects"]]
+        for g, o in zip(r["regions"], scene["objects"]):
+            assert g["box"] == pytest.approx([v / 224 for v in o["bbox"]], abs=1e-4)
+            assert 0 <= g["box"][0] < g["box"][2] <= 1 and 0 <= g["box"][1] < g["box"][3] <= 1
+
+
 def test_stage2_mixes_llava_instruct_kinds(scenes, scenes_dir):
     records = load(scenes_dir, "stage2.json")
     kinds = Counter(r["id"].rsplit("-", 1)[1] for r in records)

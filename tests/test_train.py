@@ -125,6 +125,34 @@ def test_zero_shot_classifier_on_fixed_inputs():
     assert acc_none == 0.0
 
 
+def test_region_masks_cover_the_patches_under_each_box():
+    from edgelmm.train.clip import box_mask
+
+    mask = box_mask([0.0, 0.0, 0.5, 0.25], 4).view(4, 4)  # patch centres at 1/8, 3/8, 5/8, 7/8
+    assert mask.tolist() == [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    tiny_box = box_mask([0.80, 0.55, 0.84, 0.60], 4).view(4, 4)  # no centre inside: the patch under its centre
+    assert tiny_box.sum() == 1 and tiny_box[2, 3] == 1
+
+
+def test_region_and_negative_losses_reach_the_patch_features(scenes_dir):
+    from edgelmm.train.clip import CaptionCollator, CaptionPairs, ContrastivePair
+
+    torch.manual_seed(0)
+    parts = build_model("tiny")
+    vision = parts.model.config.vision_config
+    pairs = CaptionPairs.from_file(scenes_dir / "stage1.json", scenes_dir / "images", parts.tokenizer,
+                                   parts.image_spec, grid=vision.image_size // vision.patch_size)
+    batch = CaptionCollator(parts.tokenizer.pad_token_id)([pairs[i] for i in range(6)])
+    n_regions = sum(len(r["regions"]) for r in pairs.records[:6])
+    assert batch["region_masks"].shape == (n_regions, (vision.image_size // vision.patch_size) ** 2)
+    assert batch["negative_ids"].shape[0] == 18 and len(batch["phrase_ids"]) == len(set(batch["region_phrase"].tolist()))
+    pair = ContrastivePair(parts.model.model.vision_tower, len(parts.tokenizer), parts.tokenizer.pad_token_id)
+    pair(**batch)["loss"].backward()
+    assert pair.region_projection.weight.grad.abs().sum() > 0
+    # The region loss trains the layer the LLaVA model reads (-2), which the global loss reaches too.
+    assert parts.model.model.vision_tower.encoder.layers[0].mlp.fc1.weight.grad.abs().sum() > 0
+
+
 def test_prerequisites_and_presets_are_checked(tmp_path, scenes_dir, aligned_start):
     raw = save_checkpoint(build_model("tiny"), tmp_path / "raw")
     with pytest.raises(ConfigError, match="stage align needs .*vision, lm.*run stage clip and lm first"):

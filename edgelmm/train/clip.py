@@ -27,7 +27,7 @@ class ContrastivePair(nn.Module):
     """A vision tower and a text encoder trained to agree (CLIP)."""
 
     def __init__(self, vision_tower: nn.Module, vocab_size: int, pad_token_id: int, embed_dim: int = 128,
-                 text_width: int = 128, text_layers: int = 2) -> None:
+                 text_width: int = 128, text_layers: int = 2, feature_layer: int = -2) -> None:
         from transformers import CLIPTextConfig, CLIPTextModel
 
         super().__init__()
@@ -38,12 +38,19 @@ class ContrastivePair(nn.Module):
             max_position_embeddings=MAX_CAPTION_TOKENS, pad_token_id=pad_token_id, bos_token_id=pad_token_id,
             eos_token_id=pad_token_id))  # pooling is a masked mean, so these ids only need to be valid
         self.visual_projection = nn.Linear(vision_tower.config.hidden_size, embed_dim, bias=False)
+        self.region_projection = nn.Linear(vision_tower.config.hidden_size, embed_dim, bias=False)
+        self.feature_layer = feature_layer  # the layer whose patch features the language model will read
         self.text_projection = nn.Linear(text_width, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
 
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, E)
-        pooled = self.vision(pixel_values=pixel_values).pooler_output  # CLS after the final norm
-        return F.normalize(self.visual_projection(pooled), dim=-1)
+        return self._embed_images(pixel_values)[0]
+
+    def _embed_images(self, pixel_values):
+        """Image embeddings (CLS after the final norm) and the patch features of the feature layer."""
+        out = self.vision(pixel_values=pixel_values, output_hidden_states=True)
+        patches = out.hidden_states[self.feature_layer][:, 1:]  # (B, P, D), CLS dropped
+        return F.normalize(self.visual_projection(out.pooler_output), dim=-1), patches
 
     def embed_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, W)
@@ -51,8 +58,10 @@ class ContrastivePair(nn.Module):
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # mean over the caption's tokens
         return F.normalize(self.text_projection(pooled), dim=-1)
 
-    def forward(self, pixel_values, input_ids, attention_mask, negative_ids=None, negative_mask=None):
-        img, txt = self.embed_images(pixel_values), self.embed_texts(input_ids, attention_mask)
+    def forward(self, pixel_values, input_ids, attention_mask, negative_ids=None, negative_mask=None,
+                region_masks=None, region_image=None, region_phrase=None, phrase_ids=None, phrase_mask=None):
+        img, patches = self._embed_images(pixel_values)
+        txt = self.embed_texts(input_ids, attention_mask)
         scale = self.logit_scale.clamp(max=math.log(100)).exp()  # CLIP keeps logits at most 100
         logits = scale * img @ txt.T  # (B, B)
         target = torch.arange(len(img), device=img.device)
@@ -61,39 +70,77 @@ class ContrastivePair(nn.Module):
             neg = self.embed_texts(negative_ids, negative_mask).view(len(img), -1, txt.shape[-1])  # (B, K, E)
             logits = torch.cat([logits, scale * torch.einsum("be,bke->bk", img, neg)], dim=1)  # (B, B + K)
         loss = (F.cross_entropy(logits, target) + text_loss) / 2
+        if region_masks is not None:
+            # Region-phrase contrast: the patches inside each object's box, pooled, must pick that
+            # object's phrase among the batch's phrases. This trains the patch features themselves,
+            # which are what the projector hands to the language model.
+            weights = region_masks / region_masks.sum(-1, keepdim=True)  # (R, P)
+            regions = torch.einsum("rp,rpd->rd", weights, patches[region_image])
+            regions = F.normalize(self.region_projection(regions), dim=-1)  # (R, E)
+            phrases = self.embed_texts(phrase_ids, phrase_mask)  # (U, E)
+            loss = (loss + F.cross_entropy(scale * regions @ phrases.T, region_phrase)) / 2
         return {"loss": loss, "logits": logits}
 
 
 class CaptionCollator(LlavaCollator):
-    """Pads captions like `LlavaCollator` and, when samples carry them, their hard negatives."""
+    """Pads captions like `LlavaCollator` and, when samples carry them, their hard negatives and their
+    regions (patch masks, with each distinct phrase of the batch embedded once)."""
 
     def __call__(self, samples: list[dict]) -> dict:
         batch = super().__call__(samples)
         if "negative_ids" in samples[0]:
             negatives = super().__call__([{"input_ids": ids} for s in samples for ids in s["negative_ids"]])
             batch["negative_ids"], batch["negative_mask"] = negatives["input_ids"], negatives["attention_mask"]
+        if "region_masks" in samples[0]:
+            phrases: dict[tuple, int] = {}
+            region_phrase = [phrases.setdefault(tuple(ids.tolist()), len(phrases))
+                             for s in samples for ids in s["region_ids"]]
+            padded = super().__call__([{"input_ids": torch.tensor(ids)} for ids in phrases])
+            batch.update(region_masks=torch.cat([s["region_masks"] for s in samples]),
+                         region_image=torch.tensor([i for i, s in enumerate(samples) for _ in s["region_ids"]]),
+                         region_phrase=torch.tensor(region_phrase), phrase_ids=padded["input_ids"],
+                         phrase_mask=padded["attention_mask"])
         return batch
+
+
+def box_mask(box, grid: int) -> torch.Tensor:
+    """(grid * grid,) mask of the patches whose centres lie in `box` (x0, y0, x1, y1 in fractions of a
+    square image, row-major like the tower's patches); a box too small for any centre gets the patch
+    under its own centre."""
+    x0, y0, x1, y1 = box
+    centres = (torch.arange(grid) + 0.5) / grid
+    cols = (centres >= x0) & (centres <= x1)
+    rows = (centres >= y0) & (centres <= y1)
+    mask = (rows[:, None] & cols[None, :]).float()
+    if not mask.any():
+        col, row = (min(int((x0 + x1) / 2 * grid), grid - 1), min(int((y0 + y1) / 2 * grid), grid - 1))
+        mask[row, col] = 1.0
+    return mask.flatten()
 
 
 @dataclass
 class CaptionPairs(torch.utils.data.Dataset):
     """(image, caption) pairs from a LLaVA caption file (stage1.json): the first reply is the caption.
-    A record may list hard negative captions under "negatives"; every record then needs the same number."""
+
+    A record may also list hard negative captions under "negatives" (every record then the same number)
+    and its objects under "regions": [{"box": [x0, y0, x1, y1] in fractions of the image, "phrase"}].
+    Boxes are read on the image as the tower sees it, so they suit square images."""
 
     records: list[dict]
     image_folder: Path
     tokenizer: object
     image_spec: ImageSpec
+    grid: int = 0  # patches per side of the tower; 0 leaves regions out
 
     @classmethod
-    def from_file(cls, json_path, image_folder, tokenizer, image_spec):
+    def from_file(cls, json_path, image_folder, tokenizer, image_spec, grid: int = 0):
         records = read_records(json_path)
         for i, r in enumerate(records):
             problem = record_problem(r, Path(image_folder))
             if problem or "image" not in r:
                 raise DataError(f"record {r.get('id', i) if isinstance(r, dict) else i} in {json_path}: "
                                 f"{problem or 'no image'}")
-        return cls(records, Path(image_folder), tokenizer, image_spec)
+        return cls(records, Path(image_folder), tokenizer, image_spec, grid)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -105,6 +152,9 @@ class CaptionPairs(torch.utils.data.Dataset):
                   "input_ids": self._ids(caption)}
         if r.get("negatives"):  # captions of slightly different scenes (EdgeScenes writes three)
             sample["negative_ids"] = [self._ids(text) for text in r["negatives"]]
+        if r.get("regions") and self.grid:  # objects' phrases and boxes (EdgeScenes writes them)
+            sample["region_masks"] = torch.stack([box_mask(g["box"], self.grid) for g in r["regions"]])
+            sample["region_ids"] = [self._ids(g["phrase"]) for g in r["regions"]]
         return sample
 
     def _ids(self, text: str) -> torch.Tensor:

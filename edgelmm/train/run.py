@@ -112,11 +112,15 @@ def check_prerequisites(stage: Stage, parts: ModelParts) -> None:
 def _train_clip(parts: ModelParts, stage: Stage, files, folder, run_dir: Path, opts: TrainOptions) -> dict:
     from edgelmm.train.clip import CaptionCollator, CaptionPairs, ContrastivePair
 
+    config = parts.model.config
+    grid = config.vision_config.image_size // config.vision_config.patch_size
     records = CaptionPairs.from_file(files[0], folder, parts.tokenizer, parts.image_spec).records[: opts.limit or None]
     held_out = max(1, len(records) // 20)  # the zero-shot check uses images the tower never saw
-    train, check = CaptionPairs(records[:-held_out], folder, parts.tokenizer, parts.image_spec), records[-held_out:]
+    train = CaptionPairs(records[:-held_out], folder, parts.tokenizer, parts.image_spec, grid)
+    check = records[-held_out:]
     torch.manual_seed(opts.seed)
-    pair = ContrastivePair(parts.model.model.vision_tower, len(parts.tokenizer), parts.tokenizer.pad_token_id)
+    pair = ContrastivePair(parts.model.model.vision_tower, len(parts.tokenizer), parts.tokenizer.pad_token_id,
+                           feature_layer=layer if isinstance(layer := config.vision_feature_layer, int) else -2)
     metrics = run_training(pair, train, CaptionCollator(parts.tokenizer.pad_token_id), stage.hyper, run_dir,
                            **opts.engine_kwargs())
     metrics["zero_shot_accuracy"] = zero_shot_check(pair, parts, check, folder)

@@ -17,11 +17,11 @@ import numpy as np
 
 from edgelmm.data.edgescenes import language as lang
 from edgelmm.data.edgescenes.render import render_scene
-from edgelmm.data.edgescenes.world import Scene, sample_scene
+from edgelmm.data.edgescenes.world import CANVAS, Scene, sample_scene
 from edgelmm.errors import UserError
 from edgelmm.fsutil import atomic_output_dir
 
-_SCENE, _TEXT = 0, 1  # sub-streams of each image's random generator
+_SCENE, _TEXT, _NEGATIVES = 0, 1, 2  # sub-streams of each image's random generator
 
 
 def image_name(seed: int, index: int) -> str:
@@ -55,9 +55,15 @@ def _record(rid: str, image: str, turns: list[tuple[str, str]], rng: np.random.G
 def scene_texts(scene: Scene, index: int, seed: int, popular: list[tuple[str, str]]) -> tuple[dict, list[dict], list[dict]]:
     """(stage-1 record, stage-2 records, eval items) for one scene."""
     rng = np.random.default_rng([seed, index, _TEXT])
+    caption = lang.caption(scene, rng)
     stage1 = {"id": scene.id, "image": scene.image, "conversations": [
         {"from": "human", "value": _human_first(lang._pick(rng, lang.BRIEF_INSTRUCTIONS), rng)},
-        {"from": "gpt", "value": lang.caption(scene, rng)}]}
+        {"from": "gpt", "value": caption}]}
+    # For the contrastive stage: captions of near-miss scenes, and each object's phrase with its box
+    # (in fractions of the image). A separate stream keeps every other text as it was.
+    stage1["negatives"] = lang.hard_negatives(scene, caption, np.random.default_rng([seed, index, _NEGATIVES]))
+    stage1["regions"] = [{"box": [round(v / CANVAS, 4) for v in o.bbox], "phrase": lang.name(o)}
+                         for o in scene.objects]
 
     # One long-form record per image, cycling through the three LLaVA-Instruct kinds.
     kind = ("conversation", "detail", "reasoning")[index % 3]
