@@ -172,3 +172,41 @@ def test_language_model_on_meta_device_streams_into_a_bundle(tmp_path):
     assert verify_bundle(out) == []
     assert "lm_head.weight" in made and "model.embed_tokens.weight" in made
     assert json.loads((out / MANIFEST).read_text())["provenance"]["source_checkpoint"] is None
+
+
+@pytest.mark.parametrize("lm_type", ["phi3", "llama"])
+def test_plain_transformers_llava_folder_exports_and_runs(lm_type, tmp_path, scenes_dir):
+    """A folder written by transformers alone (llava-hf / xtuner layout: no edgelmm fields, a CLIP image
+    processor, the LM's own chat template) exports to a bundle whose answers equal the torch backend's."""
+    import torch
+    from transformers import (AutoConfig, CLIPImageProcessor, CLIPVisionConfig, LlavaConfig,
+                              LlavaForConditionalGeneration)
+
+    import edgelmm
+    from edgelmm.export.bundle import export_bundle
+    from edgelmm.modeling.build import default_tokenizer
+    from edgelmm.tokenizer import IMAGE_TOKEN
+
+    tok = default_tokenizer(512)
+    text = AutoConfig.for_model(lm_type, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                eos_token_id=tok.eos_token_id)
+    vision = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN))
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config)
+    folder = tmp_path / "plain"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    assert "edgelmm" not in (folder / "config.json").read_text()
+
+    bundle = export_bundle(folder, tmp_path / "bundle", quant="f16")
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    assert manifest["lm"]["architecture"] == lm_type and manifest["vision"]["output"]["tokens"] == 16
+    fast, ref = edgelmm.load(bundle), edgelmm.load(bundle, backend="torch")
+    for i in range(5):
+        image = scenes_dir / "images" / f"es0_{i:06d}.png"
+        assert fast.ask(image, "What is here?", max_tokens=6) == ref.ask(image, "What is here?", max_tokens=6)

@@ -55,6 +55,12 @@ def load_checkpoint(path: str | Path) -> ModelParts:
         raise
     except Exception as e:  # safetensors, JSON and shape errors all mean a damaged checkpoint
         raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from None
+    if getattr(model.config, "projector_type", None) is None:
+        # A plain transformers folder: its MLP projector keeps one token per patch, whatever the
+        # image_seq_length its config carries (a processor-side default).
+        from edgelmm.modeling.config import num_patch_tokens
+
+        model.config.image_seq_length = num_patch_tokens(model.config)
     processor_file = path / PREPROCESSOR_FILE
     if processor_file.is_file():
         processor = json.loads(processor_file.read_text())
