@@ -170,7 +170,7 @@ def test_preset_tuning_applies_to_stages():
     demo = get_preset("demo")
     assert stage_for("align").hyper.lr == 1e-3 and stage_for("instruct").hyper.lr == 2e-5  # LLaVA-1.5
     assert stage_for("instruct", demo).hyper.lr == demo.training["instruct"]["lr"]
-    assert "vision_tower" in stage_for("instruct", demo).trains
+    assert stage_for("instruct", demo).trains == ("projector", "language_model")  # the tower stays frozen
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(aligned_start, tmp_path, scenes_dir, monkeypatch):

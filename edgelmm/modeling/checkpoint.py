@@ -49,7 +49,12 @@ def load_checkpoint(path: str | Path) -> ModelParts:
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise CheckpointError(f"{path} has no weights (model.safetensors)")
     try:
-        model = EdgeLlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+        # llava-hf's layout keeps the head under language_model.; transformers renames that key only for
+        # its own class (the other keys are renamed inside its LlavaModel), so it is named here.
+        # Registering the renaming for the subclass instead would make saves (and Trainer resumes) use
+        # the old layout too.
+        model = EdgeLlavaForConditionalGeneration.from_pretrained(
+            path, dtype=torch.float32, key_mapping={r"^language_model\.lm_head\.": "lm_head."})
         tokenizer = add_image_token(AutoTokenizer.from_pretrained(path))
     except UserError:
         raise

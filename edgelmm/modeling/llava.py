@@ -7,7 +7,6 @@ transformers' own `LlavaForConditionalGeneration`, so checkpoints stay interoper
 from __future__ import annotations
 
 from transformers import LlavaForConditionalGeneration
-from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
 from edgelmm.modeling.projectors import build_projector
 
@@ -30,8 +29,3 @@ class EdgeLlavaForConditionalGeneration(LlavaForConditionalGeneration):
     def language_model(self):
         return self.model.language_model
 
-
-# transformers renames the keys of llava-hf's layout (language_model.lm_head, vision_tower, ...) only
-# for its own classes; a subclass gets the renaming when registered under its name.
-register_checkpoint_conversion_mapping(EdgeLlavaForConditionalGeneration.__name__,
-                                       get_checkpoint_conversion_mapping("llava"), overwrite=True)
