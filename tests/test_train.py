@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from safetensors.torch import load_file
 
 from edgelmm.errors import ConfigError, DataError
 from edgelmm.modeling import build_model, load_checkpoint, save_checkpoint
-from edgelmm.train.engine import COMPLETE_MARKER, TrainingDiverged, complete_checkpoints
+from edgelmm.train.engine import TrainingDiverged, complete_checkpoints
 from edgelmm.train.freeze import set_trainable
 from edgelmm.train.run import TrainOptions, run_stage
 from edgelmm.train.stages import STAGES, stage_for
