@@ -17,3 +17,14 @@ def scenes_dir(tmp_path_factory):
     from edgelmm.data.edgescenes import synthesize
 
     return synthesize(tmp_path_factory.mktemp("es") / "seed0", 120, seed=0, workers=2, progress=False)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A saved tiny checkpoint with random weights (seed 0), for export and runtime tests."""
+    import torch
+
+    from edgelmm.modeling import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    return save_checkpoint(build_model("tiny"), tmp_path_factory.mktemp("ckpt") / "tiny")

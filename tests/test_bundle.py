@@ -16,16 +16,6 @@ def run(capsys, *args):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    import torch
-
-    from edgelmm.modeling import build_model, save_checkpoint
-
-    torch.manual_seed(0)
-    return save_checkpoint(build_model("tiny"), tmp_path_factory.mktemp("ckpt") / "tiny")
-
-
-@pytest.fixture(scope="module")
 def bundle(checkpoint, tmp_path_factory):
     from edgelmm.export.bundle import export_bundle
 

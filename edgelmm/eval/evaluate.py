@@ -48,13 +48,6 @@ def answer_batch(parts, questions: list[str], images: list, max_new_tokens: int 
     """Greedy answers for a batch of (question, image path or None), left-padded together."""
     import torch
 
-    with torch.no_grad():
-        return _answer_batch(parts, questions, images, max_new_tokens)
-
-
-def _answer_batch(parts, questions, images, max_new_tokens):
-    import torch
-
     model, tok = parts.model, parts.tokenizer
     model.eval()
     prompts = [prompt_ids(parts, q, img is not None) for q, img in zip(questions, images)]

@@ -34,14 +34,13 @@ class LlamaCppBackend:
         bundle = Path(bundle)
         manifest = read_manifest(bundle)
         files = manifest["files"]
-        hash_ok = sum(f["size"] for f in files.values()) <= HASH_ON_LOAD_LIMIT
-        problems = check_files(bundle, manifest, hashes=hash_ok)
+        self.size_on_disk = sum(f["size"] for f in files.values())
+        problems = check_files(bundle, manifest, hashes=self.size_on_disk <= HASH_ON_LOAD_LIMIT)
         if problems:
             raise BundleError(f"bundle {bundle} is damaged: {'; '.join(problems)} (see `edgelmm verify`)")
         self.manifest = manifest
         self.chat = ChatFormat.from_manifest(manifest["prompt"])
         self.image_spec = ImageSpec.from_dict(manifest["vision"]["input"])
-        self.size_on_disk = sum(f["size"] for f in files.values())
         n_ctx = n_ctx or min(manifest["lm"]["context_length"], DEFAULT_MAX_CTX)
 
         options = ort.SessionOptions()
@@ -51,7 +50,7 @@ class LlamaCppBackend:
         self.vision = ort.InferenceSession(str(bundle / files["vision"]["path"]), options,
                                            providers=["CPUExecutionProvider"])
         self._vision_input = manifest["vision"]["input"]["name"]
-        threads = n_threads or max(1, (os.cpu_count() or 2) // 2 or 1)
+        threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
         try:
             with native_stderr_silenced(not verbose):
                 self.llm = llama_cpp.Llama(str(bundle / files["lm"]["path"]), n_ctx=n_ctx, n_batch=512,
