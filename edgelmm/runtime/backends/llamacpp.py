@@ -47,6 +47,9 @@ class LlamaCppBackend:
         options.log_severity_level = 0 if verbose else 3
         if n_threads:
             options.intra_op_num_threads = n_threads
+        # ONNX Runtime's idle threads otherwise spin for a while after each image, on the very cores
+        # llama.cpp needs for the prefill that follows.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.vision = ort.InferenceSession(str(bundle / files["vision"]["path"]), options,
                                            providers=["CPUExecutionProvider"])
         self._vision_input = manifest["vision"]["input"]["name"]
