@@ -120,6 +120,20 @@ def training_arguments(run_dir: Path, hyper: Hyper, n_samples: int, *, seed: int
     )
 
 
+def scaled_vision_optimizer(model, hyper: Hyper) -> torch.optim.Optimizer | None:
+    """AdamW with the vision tower's trainable parameters at `hyper.vision_lr_scale` times the
+    learning rate, or None (the Trainer's own AdamW) when the scale is 1 or the tower is frozen."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:  # no decay on biases and norms, as in the Trainer
+            groups.setdefault(("vision_tower." in name, param.ndim >= 2), []).append(param)
+    if hyper.vision_lr_scale == 1.0 or not any(vision for vision, _ in groups):
+        return None
+    return torch.optim.AdamW([{"params": params, "lr": hyper.lr * (hyper.vision_lr_scale if vision else 1.0),
+                               "weight_decay": hyper.weight_decay if decay else 0.0}
+                              for (vision, decay), params in groups.items()], lr=hyper.lr)
+
+
 def run_training(model, dataset, collator, hyper: Hyper, run_dir: str | Path, *, seed: int = 0,
                  resume: bool = False, save_every: int | None = None, progress: bool = True,
                  deepspeed: str | None = None) -> dict:
@@ -139,7 +153,8 @@ def run_training(model, dataset, collator, hyper: Hyper, run_dir: str | Path, *,
     args = training_arguments(run_dir, hyper, len(dataset), seed=seed, save_every=save_every, progress=progress,
                               deepspeed=deepspeed)
     trainer = EdgeTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                          callbacks=[JsonlLog(run_dir / "log.jsonl", resume_step)])
+                          callbacks=[JsonlLog(run_dir / "log.jsonl", resume_step)],
+                          optimizers=(scaled_vision_optimizer(model, hyper), None))
     if not progress:  # without a progress bar the Trainer would print every log record instead
         trainer.remove_callback(PrinterCallback)
     result = trainer.train(resume_from_checkpoint=resume_from)

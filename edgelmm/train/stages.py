@@ -33,6 +33,9 @@ class Hyper:
     weight_decay: float = 0.0
     scheduler: str = "cosine"
     max_length: int = 2048
+    # The vision tower's learning rate relative to `lr`, when a stage tunes it beside other parts: a
+    # tower tuned at the language model's rate forgets what it learned before.
+    vision_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)
