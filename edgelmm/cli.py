@@ -121,6 +121,8 @@ def _train_options(f):
         click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint."),
         click.option("--lora", is_flag=True, help="instruct: LoRA adapters on the LM instead of full tuning."),
         click.option("--unfreeze-vision", is_flag=True, help="instruct: train the vision tower too."),
+        click.option("--vision-lr-scale", type=click.FloatRange(min=0, min_open=True),
+                     help="The tuned vision tower's learning rate, relative to --lr."),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate."),
         click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Epochs."),
         click.option("--batch-size", type=click.IntRange(min=1), help="Batch size per device."),
@@ -143,7 +145,7 @@ def _options_from(kw: dict):
     for name in ("data", "out"):
         if kw.get(name) is None:
             raise click.UsageError(f"Missing option '--{name}'.")
-    overrides = {k: kw[k] for k in ("lr", "epochs", "batch_size", "grad_accum") if kw.get(k) is not None}
+    overrides = {k: kw[k] for k in ("lr", "epochs", "batch_size", "grad_accum", "vision_lr_scale") if kw.get(k) is not None}
     return TrainOptions(seed=kw["seed"], resume=kw["resume"], lora=kw["lora"], unfreeze_vision=kw["unfreeze_vision"],
                         save_every=kw["save_every"], limit=kw["limit"], skip_bad=kw["skip_bad"],
                         image_folder=kw["image_folder"], progress=not kw["quiet"], overrides=overrides or None,
