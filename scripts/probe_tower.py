@@ -21,6 +21,8 @@ from edgelmm.imaging import preprocess
 from edgelmm.modeling import load_checkpoint
 from edgelmm.train.clip import box_mask
 
+TRAIN_FRACTION = 0.75  # of the objects, in scene order; the probes are scored on the rest
+
 
 @torch.no_grad()
 def object_features(checkpoint: str, data: Path, n_images: int):
@@ -54,7 +56,7 @@ def probe(features: torch.Tensor, labels: torch.Tensor, n_classes: int, steps: i
     """Held-out correctness (one bool per object in the last quarter) of a linear classifier."""
     torch.manual_seed(0)
     x = (features - features.mean(0)) / (features.std(0) + 1e-6)
-    split = int(len(x) * 0.75)
+    split = int(len(x) * TRAIN_FRACTION)
     linear = torch.nn.Linear(x.shape[1], n_classes)
     optimizer = torch.optim.Adam(linear.parameters(), lr=1e-2, weight_decay=1e-3)
     for _ in range(steps):
@@ -73,7 +75,7 @@ def main(argv=None) -> None:
     parser.add_argument("--n-images", type=int, default=500)
     args = parser.parse_args(argv)
     centre, mean, shapes, colours, small = object_features(args.checkpoint, args.data, args.n_images)
-    held_out_small = small[int(len(small) * 0.75):]
+    held_out_small = small[int(len(small) * TRAIN_FRACTION):]
     print(f"{len(shapes)} objects; accuracy on the held-out quarter")
     for where, features in (("centre patch", centre), ("box mean", mean)):
         for what, labels, n in (("shape", shapes, len(SHAPES)), ("colour", colours, len(COLORS))):

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from edgelmm.errors import ConfigError, DataError
 from edgelmm.modeling import build_model, load_checkpoint, save_checkpoint
-from edgelmm.train.engine import TrainingDiverged, complete_checkpoints, scaled_vision_optimizer
+from edgelmm.train.engine import EdgeTrainer, TrainingDiverged, complete_checkpoints, training_arguments
 from edgelmm.train.freeze import set_trainable
 from edgelmm.train.run import TrainOptions, run_stage
 from edgelmm.train.stages import STAGES, stage_for
@@ -172,17 +172,22 @@ def test_preset_tuning_applies_to_stages():
     assert stage_for("instruct", demo).trains == ("projector", "language_model")  # the tower stays frozen
 
 
-def test_a_tuned_tower_can_learn_at_its_own_rate(tiny):
+def test_a_tuned_tower_can_learn_at_its_own_rate(tiny, tmp_path):
     model = tiny.model
-    set_trainable(model, ("projector", "language_model", "vision_tower"))
     hyper = stage_for("instruct").with_hyper(lr=1e-3, vision_lr_scale=0.1).hyper
-    rates = {id(p): group["lr"] for group in scaled_vision_optimizer(model, hyper).param_groups for p in group["params"]}
-    assert all(rates[id(p)] == pytest.approx(1e-4) for p in model.model.vision_tower.parameters())
-    assert {rates[id(p)] for p in model.model.multi_modal_projector.parameters()} == {1e-3}
-    assert len(rates) == sum(1 for p in model.parameters() if p.requires_grad)
-    assert scaled_vision_optimizer(model, stage_for("instruct").hyper) is None  # scale 1: the Trainer's own
-    set_trainable(model, ("projector", "language_model"))
-    assert scaled_vision_optimizer(model, hyper) is None  # a frozen tower has no rate
+
+    def rates(trains, scale):
+        set_trainable(model, trains)
+        args = training_arguments(tmp_path, hyper, 8, seed=0, save_every=None, progress=False)
+        optimizer = EdgeTrainer(model=model, args=args, vision_lr_scale=scale).create_optimizer()
+        return {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+
+    tuned = rates(("projector", "language_model", "vision_tower"), 0.1)
+    assert all(tuned[id(p)] == pytest.approx(1e-4) for p in model.model.vision_tower.parameters())
+    assert {tuned[id(p)] for p in model.model.multi_modal_projector.parameters()} == {1e-3}
+    assert len(tuned) == sum(1 for p in model.parameters() if p.requires_grad)
+    assert set(rates(("projector", "language_model", "vision_tower"), 1.0).values()) == {1e-3}  # the Trainer's own
+    assert set(rates(("projector", "language_model"), 0.1).values()) == {1e-3}  # a frozen tower has no rate
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(aligned_start, tmp_path, scenes_dir, monkeypatch):

@@ -47,6 +47,24 @@ def complete_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 class EdgeTrainer(Trainer):
+    def __init__(self, *args, vision_lr_scale: float = 1.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.vision_lr_scale = vision_lr_scale
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, with the vision tower's parameters in groups of their own at
+        `vision_lr_scale` times the learning rate (the scheduler then scales each group alike)."""
+        optimizer = super().create_optimizer(model)
+        if self.vision_lr_scale != 1.0:
+            tower = {id(p) for name, p in (model or self.model).named_parameters() if "vision_tower." in name}
+            groups = [{**group, "params": params, "lr": group["lr"] * (self.vision_lr_scale if in_tower else 1.0)}
+                      for group in optimizer.param_groups for in_tower in (False, True)
+                      if (params := [p for p in group["params"] if (id(p) in tower) == in_tower])]
+            optimizer.param_groups.clear()  # nothing has stepped yet, so there is no state to keep
+            for group in groups:
+                optimizer.add_param_group(group)
+        return optimizer
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
@@ -120,20 +138,6 @@ def training_arguments(run_dir: Path, hyper: Hyper, n_samples: int, *, seed: int
     )
 
 
-def scaled_vision_optimizer(model, hyper: Hyper) -> torch.optim.Optimizer | None:
-    """AdamW with the vision tower's trainable parameters at `hyper.vision_lr_scale` times the
-    learning rate, or None (the Trainer's own AdamW) when the scale is 1 or the tower is frozen."""
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:  # no decay on biases and norms, as in the Trainer
-            groups.setdefault(("vision_tower." in name, param.ndim >= 2), []).append(param)
-    if hyper.vision_lr_scale == 1.0 or not any(vision for vision, _ in groups):
-        return None
-    return torch.optim.AdamW([{"params": params, "lr": hyper.lr * (hyper.vision_lr_scale if vision else 1.0),
-                               "weight_decay": hyper.weight_decay if decay else 0.0}
-                              for (vision, decay), params in groups.items()], lr=hyper.lr)
-
-
 def run_training(model, dataset, collator, hyper: Hyper, run_dir: str | Path, *, seed: int = 0,
                  resume: bool = False, save_every: int | None = None, progress: bool = True,
                  deepspeed: str | None = None) -> dict:
@@ -154,7 +158,7 @@ def run_training(model, dataset, collator, hyper: Hyper, run_dir: str | Path, *,
                               deepspeed=deepspeed)
     trainer = EdgeTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                           callbacks=[JsonlLog(run_dir / "log.jsonl", resume_step)],
-                          optimizers=(scaled_vision_optimizer(model, hyper), None))
+                          vision_lr_scale=hyper.vision_lr_scale)
     if not progress:  # without a progress bar the Trainer would print every log record instead
         trainer.remove_callback(PrinterCallback)
     result = trainer.train(resume_from_checkpoint=resume_from)
