@@ -182,3 +182,27 @@ def test_stage2_mixes_llava_instruct_kinds(scenes, scenes_dir):
             assert len(conv) >= 4  # multi-turn
     reasoning = [r["conversations"][1]["value"] for r in records if r["id"].endswith("-reasoning")]
     assert all(len(text.split(". ")) >= 2 for text in reasoning)  # several steps, not one word
+
+
+def test_free_form_counts_and_existence_are_right_and_not_lopsided(scenes, scenes_dir):
+    numbers = {w: n for n, w in enumerate(("no", "one", "two", "three", "four", "five", "six"))}
+    counts, exists = [], []
+    for r in load(scenes_dir, "stage2.json"):
+        if not r["id"].endswith("-conversation"):
+            continue
+        objs = scenes[r["image"]]["objects"]
+        conv = r["conversations"]
+        for q, a in zip(conv[::2], conv[1::2]):
+            question = q["value"].replace("<image>", "").strip()
+            if m := re.fullmatch(r"(?:How many (\w+)s (?:are there|are in the picture|can you see)\?"
+                                 r"|Count the (\w+)s in the image\.)", question):
+                n = re.match(r"There (?:is|are) (\w+) ", a["value"])[1]
+                assert numbers[n] == _count(objs, "shape", m[1] or m[2]), (question, a["value"])
+                counts.append(numbers[n])
+            if m := re.fullmatch(r"Is there an? (\w+) (\w+) in the image\?", question):
+                present = any((o["color"], o["shape"]) == (m[1], m[2]) for o in objs)
+                assert a["value"].startswith("Yes" if present else "No"), (question, a["value"])
+                exists.append(present)
+    # Asked about any shape or any colour-shape pair, most answers would be "no".
+    assert 0 < sum(n == 0 for n in counts) < len(counts) / 2
+    assert 0.3 < sum(exists) / len(exists) < 0.7

@@ -169,7 +169,10 @@ def test_preset_tuning_applies_to_stages():
     demo = get_preset("demo")
     assert stage_for("align").hyper.lr == 1e-3 and stage_for("instruct").hyper.lr == 2e-5  # LLaVA-1.5
     assert stage_for("instruct", demo).hyper.lr == demo.training["instruct"]["lr"]
-    assert stage_for("instruct", demo).trains == ("projector", "language_model")  # the tower stays frozen
+    tuned = stage_for("instruct", demo)
+    assert tuned.trains == ("projector", "language_model", "vision_tower")  # the demo tunes its tower ...
+    assert tuned.hyper.vision_lr_scale == 0.05 and stage_for("instruct").hyper.vision_lr_scale == 1.0  # ... slowly
+    assert stage_for("align", demo).trains == ("projector",)
 
 
 def test_a_tuned_tower_can_learn_at_its_own_rate(tiny, tmp_path):

@@ -310,9 +310,14 @@ def _conv_objects(scene, rng):
     return q, f"I can see {plural(len(things), 'object')}: {listing(things)}."
 
 
+COUNT_WORDINGS = ("How many {}s are there?", "How many {}s are in the picture?", "How many {}s can you see?",
+                  "Count the {}s in the image.")
+
+
 def _conv_count(scene, rng):
-    shape = _pick(rng, SHAPES)
-    return f"How many {shape}s are in the picture?", _there_are(count_shape(scene, shape), shape)
+    # Mostly shapes that are there: asked about any shape, "no" would be the most common answer.
+    shape = _pick(rng, sorted({o.shape for o in scene.objects}) if rng.random() < 0.6 else SHAPES)
+    return _pick(rng, COUNT_WORDINGS).format(shape), _there_are(count_shape(scene, shape), shape)
 
 
 def _conv_color(scene, rng):
@@ -331,7 +336,12 @@ def _conv_where(scene, rng):
 
 
 def _conv_exist(scene, rng):
-    color, shape = _pick(rng, tuple(COLORS)), _pick(rng, SHAPES)
+    # Half about an object that is there; a random colour and shape would almost always be absent.
+    if rng.random() < 0.5:
+        obj = _pick(rng, scene.objects)
+        color, shape = obj.color, obj.shape
+    else:
+        color, shape = _pick(rng, tuple(COLORS)), _pick(rng, SHAPES)
     hits = [o for o in scene.objects if (o.color, o.shape) == (color, shape)]
     q = f"Is there {article(f'{color} {shape}')} in the image?"
     if not hits:
