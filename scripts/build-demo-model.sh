@@ -2,7 +2,7 @@
 # Rebuild the built-in demo model end to end: EdgeScenes data, every training stage, export to a
 # Q4_K_M bundle with int8 vision (as accurate as fp32 here, and half the size), and the evaluation of
 # checkpoint and bundle on held-out images.
-#   scripts/build-demo-model.sh [WORK_DIR]      (about an hour on 2 CPU cores: data 2 min, training 52 min, export and evals 2 min)
+#   scripts/build-demo-model.sh [WORK_DIR]      (about an hour on 2 CPU cores: data 2 min, training 57 min, export and evals 4 min)
 # The bundle replaces edgelmm/models/demo; the figures land in WORK_DIR/eval-*.json.
 set -euo pipefail
 work="${1:-runs/demo-build}"
