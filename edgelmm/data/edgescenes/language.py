@@ -181,15 +181,19 @@ def detailed_description(scene: Scene, rng: np.random.Generator) -> str:
 
 # ---- short answers (evaluation and LLaVA-1.5-style VQA data) -------------------------------------
 
+def _mostly_present(rng: np.random.Generator, present: list[str], every) -> str:
+    """One of `present` (what the scene holds) 60% of the time, else any of `every`: asked about any
+    shape or colour at random, most counts would be zero."""
+    return _pick(rng, present if rng.random() < 0.6 else every)
+
+
 def _count_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
     variant = int(rng.integers(3))
-    present_shapes = sorted({o.shape for o in scene.objects})
-    present_colors = sorted({o.color for o in scene.objects})
     if variant == 0:
-        shape = _pick(rng, present_shapes if rng.random() < 0.6 else SHAPES)
+        shape = _mostly_present(rng, sorted({o.shape for o in scene.objects}), SHAPES)
         return f"How many {shape}s are there?", str(count_shape(scene, shape))
     if variant == 1:
-        color = _pick(rng, present_colors if rng.random() < 0.6 else tuple(COLORS))
+        color = _mostly_present(rng, sorted({o.color for o in scene.objects}), tuple(COLORS))
         return f"How many {color} objects are there?", str(count_color(scene, color))
     return "How many objects are there?", str(len(scene.objects))
 
@@ -315,8 +319,7 @@ COUNT_WORDINGS = ("How many {}s are there?", "How many {}s are in the picture?",
 
 
 def _conv_count(scene, rng):
-    # Mostly shapes that are there: asked about any shape, "no" would be the most common answer.
-    shape = _pick(rng, sorted({o.shape for o in scene.objects}) if rng.random() < 0.6 else SHAPES)
+    shape = _mostly_present(rng, sorted({o.shape for o in scene.objects}), SHAPES)
     return _pick(rng, COUNT_WORDINGS).format(shape), _there_are(count_shape(scene, shape), shape)
 
 
