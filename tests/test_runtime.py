@@ -72,7 +72,18 @@ def test_follow_up_reuses_the_cache_and_equals_a_fresh_reading(model, scenes_dir
     replay = model.chat(conv.image)
     replay.turns, replay._text_keys = after_first
     assert replay.ask("What color is the star?", max_tokens=6) == second
-    assert model.timings.reused_tokens == 0
+    assert model.timings.reused_tokens == len(replay.image_keys())  # what chat() read in, nothing more
+
+
+def test_chat_reads_the_image_in_before_the_first_question(model, scenes_dir):
+    conv = model.chat(scenes_dir / "images" / "es0_000004.png")
+    image_keys = conv.image_keys()
+    assert model._cached == image_keys and model.backend.position == len(image_keys)
+    assert model.timings.image_prefill > 0
+    conv.ask("How many objects are there?", max_tokens=6)
+    assert model.timings.reused_tokens == len(image_keys)  # the question's tokens were all that was left
+    t = model.timings
+    assert t.time_to_first_token == t.image_encode + t.image_prefill + t.first_token
 
 
 def test_every_image_kind_and_embeddings_give_one_answer(model, scenes_dir):

@@ -2,8 +2,9 @@
 
 A `Model` drives one backend, which holds one sequence in its KV cache. Every question becomes a list
 of keys (token ids, and one key per image-embedding position); what the cache already holds of that
-list is kept and only the rest is decoded. So a follow-up question in a `Conversation` costs only its
-own tokens: the image is not encoded again and earlier turns are not read again.
+list is kept and only the rest is decoded. `chat(image)` reads the image into the cache at once, so the
+first question waits only for its own tokens, and a follow-up question in a `Conversation` likewise:
+the image is not encoded again and earlier turns are not read again.
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ class Timings:
 
     load: float = 0.0
     image_encode: float = 0.0
-    prefill: float = 0.0
-    first_token: float = 0.0  # from the call to the first token of the answer
+    image_prefill: float = 0.0  # reading the image (and the prompt before it) into the cache, in `chat`
+    prefill: float = 0.0  # reading the question into the cache
+    first_token: float = 0.0  # from the question to the first token of the answer
     decode_tokens: int = 0
     decode_seconds: float = 0.0
     prompt_tokens: int = 0
@@ -69,8 +71,14 @@ class Timings:
     def tokens_per_second(self) -> float:
         return self.decode_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
 
+    @property
+    def time_to_first_token(self) -> float:
+        """From an image and a question given together (`Model.ask`) to the first token."""
+        return self.image_encode + self.image_prefill + self.first_token
+
     def to_dict(self) -> dict:
         return {**{k: round(v, 6) if isinstance(v, float) else v for k, v in self.__dict__.items()},
+                "time_to_first_token": round(self.time_to_first_token, 6),
                 "tokens_per_second": round(self.tokens_per_second, 3)}
 
 
@@ -113,9 +121,15 @@ class Model:
                                     seed=seed)
 
     def chat(self, image) -> Conversation:
-        """A conversation about one image; the image is encoded once, here."""
+        """A conversation about one image. The image is encoded here, once, and read into the cache, so
+        that a question asked later (while a user speaks it, say) waits only for its own tokens."""
         self.timings.image_encode = 0.0
-        return Conversation(self, self._embeddings(image))
+        conversation = Conversation(self, self._embeddings(image))
+        with self._lock:
+            started = time.perf_counter()
+            self._prefill(conversation.image_keys())
+            self.timings.image_prefill = time.perf_counter() - started
+        return conversation
 
     def close(self) -> None:
         with self._lock:
@@ -219,14 +233,22 @@ class Conversation:
             # when the template renders this answer as it was generated.
             self._text_keys = (text + answer, list(model._cached))
 
+    def image_keys(self) -> list:
+        """The keys of the prompt up to the image's last position: the same whatever the question."""
+        fmt = self.model.backend.chat
+        pieces = fmt.split(fmt.render_text([("", None)]))  # the image precedes the first question
+        return self._piece_keys(pieces[:next(k for k, p in enumerate(pieces) if p is IMAGE) + 1])
+
     def _keys(self, text: str) -> list:
-        backend = self.model.backend
         if self._text_keys and text.startswith(self._text_keys[0]):
             previous_text, previous_keys = self._text_keys
-            return previous_keys + backend.tokenize(text[len(previous_text):])
+            return previous_keys + self.model.backend.tokenize(text[len(previous_text):])
+        return self._piece_keys(self.model.backend.chat.split(text))
+
+    def _piece_keys(self, pieces: list) -> list:
         keys = []
-        for piece in self.model.backend.chat.split(text):
-            keys.extend(self.image.keys() if piece is IMAGE else backend.tokenize(piece))
+        for piece in pieces:
+            keys.extend(self.image.keys() if piece is IMAGE else self.model.backend.tokenize(piece))
         return keys
 
 
