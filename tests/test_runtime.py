@@ -64,6 +64,7 @@ def test_follow_up_reuses_the_cache_and_equals_a_fresh_reading(model, scenes_dir
     cached = len(model._cached)
     second = conv.ask("What color is the star?", max_tokens=6)
     assert model.timings.reused_tokens == cached  # neither the image nor the first turn was decoded again
+    assert model.timings.image_encode == model.timings.image_prefill == 0.0
     assert model.timings.prompt_tokens - model.timings.reused_tokens < 20
     assert first == conv.turns[0][1].strip()
 

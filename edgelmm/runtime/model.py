@@ -204,6 +204,8 @@ class Conversation:
         with model._lock:
             started = time.perf_counter()
             timings = model.timings
+            if self.turns:  # a follow-up: the image was encoded and read in for an earlier answer
+                timings.image_encode = timings.image_prefill = 0.0
             fmt = model.backend.chat
             text = fmt.render_text([*self.turns, (question, None)])
             keys = self._keys(text)
