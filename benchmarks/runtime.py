@@ -4,10 +4,12 @@ backend (the transformers checkpoint the bundle was exported from), on the same 
 Each backend runs in its own process, so peak RSS is that backend's alone. Every image is a new
 question (image encoded, prompt decoded from scratch). Time to first token counts all of it, from an
 image and a question given together; question to first token counts only what is left once `chat(image)`
-has read the image in (an app that takes the photo before the user speaks). Figures are medians over all
-runs; the ratios compare the two backends measured in this same invocation.
+has read the image in (an app that takes the photo before the user speaks). The backends take turns over
+several rounds (a fresh process each), in alternating order, so that a shared machine's slow minutes fall
+on both; figures are medians over all rounds and runs, and the ratios compare the two backends measured in
+this same invocation (also shown per round, for the spread).
 
-    python benchmarks/runtime.py [--model BUNDLE] [--images DIR] [--runs 5] [--threads 2] [--json OUT]
+    python benchmarks/runtime.py [--model BUNDLE] [--images DIR] [--rounds 3] [--runs 5] [--threads 2] [--json OUT]
 
 The bundle's source checkpoint must still exist for the torch backend (`edgelmm show BUNDLE`).
 """
@@ -50,10 +52,11 @@ def worker(backend: str, model: str | None, images: list[str], runs: int, thread
             "size_on_disk_mb": loaded.backend.size_on_disk / 1e6}
 
 
-def summarize(result: dict) -> dict:
-    rows = result["runs"]
-    summary = {"load": result["load"], "peak_rss_mb": result["peak_rss_mb"],
-               "size_on_disk_mb": result["size_on_disk_mb"]}
+def summarize(results: list[dict]) -> dict:
+    """Medians over the rounds (load, peak RSS) and over every run of every round (the rest)."""
+    rows = [row for result in results for row in result["runs"]]
+    summary = {key: statistics.median(r[key] for r in results) for key in ("load", "peak_rss_mb")}
+    summary["size_on_disk_mb"] = results[0]["size_on_disk_mb"]
     for key in METRICS[1:]:
         summary[key] = statistics.median(r[key] for r in rows)
     summary["decode_tokens"] = statistics.median(r["decode_tokens"] for r in rows)
@@ -64,7 +67,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="bundle folder [default: the built-in demo model]")
     parser.add_argument("--images", help="folder of images [default: the package's examples/]")
-    parser.add_argument("--runs", type=int, default=5, help="passes over the images per backend")
+    parser.add_argument("--rounds", type=int, default=3, help="turns per backend, each in a new process")
+    parser.add_argument("--runs", type=int, default=5, help="passes over the images per turn")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for both backends")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--json", dest="json_out", help="write the figures here")
@@ -79,14 +83,18 @@ def main(argv=None) -> int:
         print(json.dumps(worker(args.worker, args.model, images, args.runs, args.threads, args.max_tokens)))
         return 0
 
-    results = {}
-    for backend in ("llamacpp", "torch"):
-        command = [sys.executable, __file__, "--worker", backend, "--images", str(folder), "--runs", str(args.runs),
-                   "--max-tokens", str(args.max_tokens)]
-        command += ["--model", args.model] if args.model else []
-        command += ["--threads", str(args.threads)] if args.threads else []
-        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        results[backend] = summarize(json.loads(out.strip().splitlines()[-1]))
+    turns = {"llamacpp": [], "torch": []}
+    for round_ in range(args.rounds):
+        for backend in sorted(turns, reverse=round_ % 2 == 1):  # llamacpp first, then torch first, ...
+            command = [sys.executable, __file__, "--worker", backend, "--images", str(folder), "--runs",
+                       str(args.runs), "--max-tokens", str(args.max_tokens)]
+            command += ["--model", args.model] if args.model else []
+            command += ["--threads", str(args.threads)] if args.threads else []
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            turns[backend].append(json.loads(out.strip().splitlines()[-1]))
+    results = {backend: summarize(rounds) for backend, rounds in turns.items()}
+    per_round = [summarize([ref])["time_to_first_token"] / summarize([fast])["time_to_first_token"]
+                 for fast, ref in zip(turns["llamacpp"], turns["torch"])]
 
     fast, ref = results["llamacpp"], results["torch"]
     ratios = {"time_to_first_token_speedup": ref["time_to_first_token"] / fast["time_to_first_token"],
@@ -94,7 +102,8 @@ def main(argv=None) -> int:
               "decode_speedup": fast["tokens_per_second"] / ref["tokens_per_second"],
               "peak_rss_ratio": fast["peak_rss_mb"] / ref["peak_rss_mb"],
               "load_speedup": ref["load"] / fast["load"]}
-    print(f"{len(images)} images x {args.runs} runs, '{QUESTION}', up to {args.max_tokens} tokens; medians")
+    print(f"{len(images)} images x {args.runs} runs x {args.rounds} rounds, '{QUESTION}', up to {args.max_tokens} "
+          "tokens; medians")
     print(f"{'':30}{'llamacpp':>12}{'torch':>12}")
     for key, unit in (("load", "s"), ("image_encode", "s"), ("image_prefill", "s"), ("prefill", "s"),
                       ("time_to_first_token", "s"), ("question_to_first_token", "s"), ("tokens_per_second", "tok/s"),
@@ -102,8 +111,10 @@ def main(argv=None) -> int:
         print(f"{key + ' (' + unit + ')':30}{fast[key]:>12.4g}{ref[key]:>12.4g}")
     for key, value in ratios.items():
         print(f"{key:34}{value:8.2f}x")
+    print(f"{'time_to_first_token_speedup by round':38}{'  '.join(f'{r:.2f}x' for r in per_round)}")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"backends": results, "ratios": ratios}, indent=2))
+        Path(args.json_out).write_text(json.dumps(
+            {"backends": results, "ratios": ratios, "time_to_first_token_speedup_by_round": per_round}, indent=2))
     return 0
 
 
