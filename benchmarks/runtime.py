@@ -83,14 +83,14 @@ def main(argv=None) -> int:
         print(json.dumps(worker(args.worker, args.model, images, args.runs, args.threads, args.max_tokens)))
         return 0
 
+    common = [__file__, "--images", str(folder), "--runs", str(args.runs), "--max-tokens", str(args.max_tokens)]
+    common += ["--model", args.model] if args.model else []
+    common += ["--threads", str(args.threads)] if args.threads else []
     turns = {"llamacpp": [], "torch": []}
     for round_ in range(args.rounds):
         for backend in sorted(turns, reverse=round_ % 2 == 1):  # llamacpp first, then torch first, ...
-            command = [sys.executable, __file__, "--worker", backend, "--images", str(folder), "--runs",
-                       str(args.runs), "--max-tokens", str(args.max_tokens)]
-            command += ["--model", args.model] if args.model else []
-            command += ["--threads", str(args.threads)] if args.threads else []
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            out = subprocess.run([sys.executable, *common, "--worker", backend], capture_output=True, text=True,
+                                 check=True).stdout
             turns[backend].append(json.loads(out.strip().splitlines()[-1]))
     results = {backend: summarize(rounds) for backend, rounds in turns.items()}
     per_round = [summarize([ref])["time_to_first_token"] / summarize([fast])["time_to_first_token"]
