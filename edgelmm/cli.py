@@ -320,12 +320,14 @@ def format_report(report: dict) -> str:
               help="Language-model weights.")
 @click.option("--vision", default="fp32", show_default=True, type=click.Choice(VISION_PRECISIONS),
               help="Vision graph precision.")
+@click.option("--mmproj", is_flag=True,
+              help="Also write the vision tower and projector as llama.cpp's mmproj GGUF (mmproj-f16.gguf).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
-def export(checkpoint: str, out: str, quant: str, vision: str, force: bool) -> None:
+def export(checkpoint: str, out: str, quant: str, vision: str, mmproj: bool, force: bool) -> None:
     """Export CHECKPOINT to a bundle: vision.onnx + the LM as GGUF + edgelmm.json."""
     from edgelmm.export.bundle import export_bundle
 
-    path = export_bundle(checkpoint, out, quant=quant, vision=vision, force=force,
+    path = export_bundle(checkpoint, out, quant=quant, vision=vision, mmproj=mmproj, force=force,
                          log=lambda message: click.echo(message, err=True))
     click.echo(f"wrote bundle {path}")
 

@@ -46,28 +46,34 @@ def _check_options(quant: str, vision: str) -> None:
 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, *, quant: str = "q4_k_m", vision: str = "fp32",
-                  force: bool = False, log=lambda message: None) -> Path:
+                  mmproj: bool = False, force: bool = False, log=lambda message: None) -> Path:
     """Export `checkpoint` to the bundle folder `out`; returns its path."""
     from edgelmm.modeling import load_checkpoint
 
     _check_options(quant, vision)
     check_output_dir(out, force)  # before minutes of work, not only at the end
     parts = load_checkpoint(checkpoint)
-    return write_bundle(parts, out, quant=quant, vision=vision, force=force, log=log, source=checkpoint)
+    return write_bundle(parts, out, quant=quant, vision=vision, mmproj=mmproj, force=force, log=log,
+                        source=checkpoint)
 
 
-def write_bundle(parts, out: str | Path, *, quant: str = "q4_k_m", vision: str = "fp32", force: bool = False,
-                 log=lambda message: None, source: str | Path | None = None, materialize=None) -> Path:
+def write_bundle(parts, out: str | Path, *, quant: str = "q4_k_m", vision: str = "fp32", mmproj: bool = False,
+                 force: bool = False, log=lambda message: None, source: str | Path | None = None,
+                 materialize=None) -> Path:
     """Write the bundle of `parts` (ModelParts) to the folder `out`; returns its path.
 
-    `log` is told each step as it starts. `source` is the checkpoint recorded as provenance;
-    `materialize` goes to `export_gguf`, for a language model on the meta device.
+    `mmproj` adds the vision tower and projector as llama.cpp's mmproj GGUF too. `log` is told each step
+    as it starts. `source` is the checkpoint recorded as provenance; `materialize` goes to
+    `export_gguf`, for a language model on the meta device.
     """
     from edgelmm.export.gguf_lm import export_gguf
+    from edgelmm.export.mmproj import MMPROJ_FILE, check_mmproj, export_mmproj
     from edgelmm.export.onnx_vision import export_vision_onnx
 
     _check_options(quant, vision)
     check_exportable(parts)
+    if mmproj:
+        check_mmproj(parts)  # before minutes of work
     config = parts.model.config
     lm_file = f"lm-{quant}.gguf"
     with atomic_output_dir(out, force) as tmp:
@@ -85,9 +91,14 @@ def write_bundle(parts, out: str | Path, *, quant: str = "q4_k_m", vision: str =
             log(f"quantizing the language model to {quant} with llama.cpp")
             quantize_gguf(source_file, tmp / lm_file, quant)
             source_file.unlink()
+        if mmproj:
+            log("writing the vision tower and projector as llama.cpp's mmproj GGUF")
+            export_mmproj(parts, tmp / MMPROJ_FILE)
         log("hashing the files and writing the manifest")
         files = {"vision": file_entry(tmp, "vision.onnx"), "lm": file_entry(tmp, lm_file)}
-        for extra in sorted(p.name for p in tmp.iterdir() if p.name not in ("vision.onnx", lm_file)):
+        if mmproj:
+            files["mmproj"] = file_entry(tmp, MMPROJ_FILE)  # for llama.cpp's own tools; the runtime does not read it
+        for extra in sorted(p.name for p in tmp.iterdir() if p.name not in ("vision.onnx", lm_file, MMPROJ_FILE)):
             files[f"vision_data:{extra}"] = file_entry(tmp, extra)  # external weights of a large graph
         manifest = {
             "format": FORMAT,

@@ -19,7 +19,9 @@ def verify_bundle(bundle: str | Path, verbose: bool = False) -> list[str]:
     if problems:
         return problems  # the runtimes would only repeat what the hashes already say
     problems += _check_vision(bundle / manifest["files"]["vision"]["path"], manifest["vision"])
-    problems += _check_lm(bundle / manifest["files"]["lm"]["path"], manifest["lm"], verbose)
+    mmproj = manifest["files"].get("mmproj")
+    problems += _check_lm(bundle / manifest["files"]["lm"]["path"], manifest["lm"], verbose,
+                          bundle / mmproj["path"] if mmproj else None)
     return problems
 
 
@@ -45,7 +47,8 @@ def _check_vision(path: Path, spec: dict) -> list[str]:
     return problems
 
 
-def _check_lm(path: Path, spec: dict, verbose: bool) -> list[str]:
+def _check_lm(path: Path, spec: dict, verbose: bool, mmproj: Path | None) -> list[str]:
+    """llama.cpp loads the LM with the manifest's vocabulary, and libmtmd its mmproj beside it."""
     import llama_cpp
 
     try:
@@ -56,5 +59,12 @@ def _check_lm(path: Path, spec: dict, verbose: bool) -> list[str]:
     problems = []
     if llm.n_vocab() != spec["vocab_size"]:
         problems.append(f"{path.name} has {llm.n_vocab()} tokens, the manifest says {spec['vocab_size']}")
+    if mmproj is not None:
+        from edgelmm.runtime.mtmd import MtmdError, MtmdVision
+
+        try:
+            MtmdVision(mmproj, llm.model, verbose=verbose).close()
+        except MtmdError as e:
+            problems.append(str(e))
     llm.close()
     return problems
