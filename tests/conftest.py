@@ -5,6 +5,21 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def calibration_cache(tmp_path_factory):
+    """Runtime calibrations go to a folder of this test session, not the user's cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("cache")
+    saved = os.environ.get("EDGELMM_CACHE_DIR")
+    os.environ["EDGELMM_CACHE_DIR"] = str(folder)
+    yield folder
+    if saved is None:
+        os.environ.pop("EDGELMM_CACHE_DIR", None)
+    else:
+        os.environ["EDGELMM_CACHE_DIR"] = saved
+
+
 @pytest.fixture(scope="session")
 def tiny():
     from edgelmm.modeling import build_model

@@ -292,8 +292,6 @@ def test_quantized_gguf_agrees_with_torch(tmp_path, monkeypatch):
     of 0.10, which is what a file with wrong or garbled tensors looks like. Agreement >= 0.4 and
     KL <= 0.01 leave 4-bit rounding a wide margin and fail a model unrelated to the torch one.
     """
-    import llama_cpp
-
     from edgelmm.export.gguf_lm import export_gguf
     from edgelmm.presets import PRESETS, Preset
     from edgelmm.quantize.gguf import quantize_gguf, tensor_types
@@ -321,13 +319,17 @@ def test_quantized_gguf_agrees_with_torch(tmp_path, monkeypatch):
     ref = np.concatenate([row[: len(ids)] for row, ids in zip(logits, prompts)])
 
     def gguf_logits(path):
+        from edgelmm.runtime.calibration import open_tuned
+        from edgelmm.runtime.llama_batch import SequenceDecoder
+
         # One thread: on a busy machine llama.cpp's threads spin-wait for each other, which costs seconds here.
-        llm = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=1, n_threads_batch=1)
+        # The weight layout this machine runs (llama.cpp's re-layout crashes on some CPUs).
+        llm = open_tuned(path, image_tokens=16, n_ctx=128, n_threads=1)
+        decoder = SequenceDecoder(llm)
         out = []
         for ids in prompts:
-            llm.reset()
-            llm.eval(ids)
-            out.append(np.array(llm.scores[: len(ids)]))
+            decoder.reset()
+            out.append(decoder.tokens(ids, all_logits=True))
         llm.close()
         return np.concatenate(out)
 

@@ -26,8 +26,12 @@ def save_checkpoint(parts: ModelParts, path: str | Path, *, force: bool = False)
     return Path(path)
 
 
-def load_checkpoint(path: str | Path) -> ModelParts:
-    """Load an edgelmm checkpoint or a plain transformers LLaVA folder."""
+def load_checkpoint(path: str | Path, *, dtype=None) -> ModelParts:
+    """Load an edgelmm checkpoint or a plain transformers LLaVA folder.
+
+    `dtype`: the torch dtype of the loaded weights (default float32, whatever the files hold); the
+    torch backend asks for bfloat16 to run a large model in half the memory.
+    """
     import torch
     from transformers import AutoTokenizer
 
@@ -54,7 +58,7 @@ def load_checkpoint(path: str | Path) -> ModelParts:
         # Registering the renaming for the subclass instead would make saves (and Trainer resumes) use
         # the old layout too.
         model = EdgeLlavaForConditionalGeneration.from_pretrained(
-            path, dtype=torch.float32, key_mapping={r"^language_model\.lm_head\.": "lm_head."})
+            path, dtype=dtype or torch.float32, key_mapping={r"^language_model\.lm_head\.": "lm_head."})
         tokenizer = add_image_token(AutoTokenizer.from_pretrained(path))
     except UserError:
         raise

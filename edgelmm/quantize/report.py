@@ -54,14 +54,11 @@ def reference_cases(parts, items: list[dict], image_folder: Path) -> list[dict]:
 
 
 def compare_gguf(path: Path, cases: list[dict]) -> dict:
-    import llama_cpp
-
-    from edgelmm.quiet import native_stderr_silenced
+    from edgelmm.runtime.calibration import open_tuned
     from edgelmm.runtime.llama_batch import SequenceDecoder
 
     n_ctx = max(len(c["before"]) + len(c["image"]) + len(c["after"]) for c in cases) + 8
-    with native_stderr_silenced():
-        llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=None, verbose=False)
+    llm = open_tuned(path, image_tokens=len(cases[0]["image"]), n_ctx=n_ctx)
     decoder = SequenceDecoder(llm)
     logits = []
     for case in cases:

@@ -35,11 +35,16 @@ def default_model() -> Path:
 
 
 def load(model: str | Path | None = None, *, backend: str = "auto", n_threads: int | None = None,
-         n_ctx: int | None = None, verbose: bool = False) -> Model:
-    """Open a bundle (or, for the torch backend, a checkpoint). None: the bundled demo model."""
+         n_ctx: int | None = None, verbose: bool = False, **options) -> Model:
+    """Open a bundle (or, for the torch backend, a checkpoint). None: the bundled demo model.
+
+    `n_threads`: CPU threads (default: one per physical core). `n_ctx`: a fixed context (default: sized
+    to what is asked, growing with a conversation). Backend options: `repack` (llamacpp: llama.cpp's
+    weight re-layout on or off; default: what measured fastest on this machine, see `edgelmm calibrate`).
+    """
     started = time.perf_counter()
     path = Path(model) if model is not None else default_model()
-    opened = backend_class(backend)(path, n_threads=n_threads, n_ctx=n_ctx, verbose=verbose)
+    opened = backend_class(backend)(path, n_threads=n_threads, n_ctx=n_ctx, verbose=verbose, **options)
     return Model(opened, path, load_seconds=time.perf_counter() - started)
 
 
@@ -140,6 +145,7 @@ class Model:
     def _prefill(self, keys: list) -> None:
         """Make the cache hold exactly `keys`, decoding only what it does not hold yet."""
         backend = self.backend
+        backend.reserve(len(keys) + 1)
         if len(keys) >= backend.n_ctx:
             raise UserError(f"the prompt is {len(keys)} tokens; the model's context holds {backend.n_ctx}: "
                             "ask a shorter question or start a new conversation")
@@ -172,12 +178,15 @@ class Model:
         backend = self.backend
         sample = backend.sampler(temperature, seed)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        room = backend.n_ctx - backend.position
-        for _ in range(min(max_tokens, room)):
+        for _ in range(max_tokens):
             token = sample()
             if backend.is_end(token):
                 return
             yield token, utf8.decode(backend.token_bytes(token))
+            if backend.position >= backend.n_ctx:
+                backend.reserve(backend.position + 1)  # a context that can grow doubles here
+                if backend.position >= backend.n_ctx:
+                    return  # the model's context is full
             backend.feed_tokens([token])
             self._cached.append(token)
 

@@ -7,6 +7,7 @@ offers the small set of operations `runtime.model` composes into questions and a
     encode_image(pixel_values (3, H, W)) -> embeddings (N, D)
     tokenize(text) -> token ids (special tokens parsed, nothing added)
     position -> positions decoded so far;  truncate(n) -> forget positions from n on
+    reserve(n) -> make room for n positions where the context can grow (n_ctx tells what it holds)
     feed_tokens(ids), feed_embeddings((n, D))
     sampler(temperature, seed) -> a callable giving the next token after the last position
     is_end(token) -> whether a token ends the answer;  token_bytes(token) -> its text as UTF-8 bytes

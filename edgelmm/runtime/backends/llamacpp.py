@@ -7,7 +7,7 @@ neither.
 
 from __future__ import annotations
 
-import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +15,16 @@ import numpy as np
 from edgelmm.errors import UserError
 from edgelmm.export.manifest import BundleError, check_files, read_manifest
 from edgelmm.imaging import ImageSpec
-from edgelmm.quiet import native_stderr_silenced
+from edgelmm.runtime.calibration import tuned_settings
 from edgelmm.runtime.llama_batch import Sampler, SequenceDecoder
+from edgelmm.runtime.llama_engine import EngineError, EngineSettings, LlamaEngine, default_threads
 from edgelmm.runtime.prompt import ChatFormat
 
 # Hashing reads every byte; above this size a load checks file sizes only and `edgelmm verify`
 # checks the hashes, so a multi-gigabyte model does not pay seconds before its first word.
 HASH_ON_LOAD_LIMIT = 256 << 20
-DEFAULT_MAX_CTX = 4096
+PROMPT_ROOM = 128  # positions for the chat template and a question, beside the image and the answer
+ANSWER_ROOM = 64
 # A vision graph this small (the demo's int8 graph is 2.4 MB: 64 tokens through 4 layers) runs fastest on
 # one ONNX Runtime thread between llama.cpp calls: its ops are too short to repay handing work to a second
 # thread, and that thread would compete with llama.cpp's, still spinning from the last decode.
@@ -31,46 +33,61 @@ SMALL_VISION_GRAPH = 32 << 20
 
 class LlamaCppBackend:
     def __init__(self, bundle: str | Path, *, n_threads: int | None = None, n_ctx: int | None = None,
-                 verbose: bool = False) -> None:
-        import llama_cpp
+                 repack: bool | None = None, verbose: bool = False) -> None:
+        """`n_ctx` fixes the context; without it the context starts at what one answer about an image
+        needs and grows with the conversation. `repack` fixes llama.cpp's weight re-layout; without it
+        the setting measured fastest on this machine is used (measured at the first load)."""
         import onnxruntime as ort
 
         bundle = Path(bundle)
         manifest = read_manifest(bundle)
         files = manifest["files"]
-        self.size_on_disk = sum(f["size"] for f in files.values())
+        self.size_on_disk = sum(f["size"] for f in files.values() if f is not files.get("mmproj"))
         problems = check_files(bundle, manifest, hashes=self.size_on_disk <= HASH_ON_LOAD_LIMIT)
         if problems:
             raise BundleError(f"bundle {bundle} is damaged: {'; '.join(problems)} (see `edgelmm verify`)")
         self.manifest = manifest
         self.chat = ChatFormat.from_manifest(manifest["prompt"])
         self.image_spec = ImageSpec.from_dict(manifest["vision"]["input"])
-        n_ctx = n_ctx or min(manifest["lm"]["context_length"], DEFAULT_MAX_CTX)
+        threads = n_threads or default_threads()
 
         options = ort.SessionOptions()
         options.log_severity_level = 0 if verbose else 3
-        if files["vision"]["size"] <= SMALL_VISION_GRAPH:
-            options.intra_op_num_threads = 1
-        elif n_threads:
-            options.intra_op_num_threads = n_threads
+        options.intra_op_num_threads = 1 if files["vision"]["size"] <= SMALL_VISION_GRAPH else threads
         # ONNX Runtime's idle threads otherwise spin for a while after each image, on the very cores
         # llama.cpp needs for the prefill that follows.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.vision = ort.InferenceSession(str(bundle / files["vision"]["path"]), options,
                                            providers=["CPUExecutionProvider"])
         self._vision_input = manifest["vision"]["input"]["name"]
-        threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
+
+        lm_path = bundle / files["lm"]["path"]
+        image_tokens = int(manifest["vision"]["output"]["tokens"])
+        settings = EngineSettings(n_threads=threads)
         try:
-            with native_stderr_silenced(not verbose):
-                # Flash attention, llama.cpp's own default on CPU (the Python binding turns it off): the
-                # image's prefill takes a fifth less time.
-                self.llm = llama_cpp.Llama(str(bundle / files["lm"]["path"]), n_ctx=n_ctx, n_batch=512,
-                                           n_threads=threads, n_threads_batch=threads, flash_attn=True,
-                                           verbose=verbose)
-        except (ValueError, RuntimeError) as e:
-            raise BundleError(f"llama.cpp cannot load {files['lm']['path']}: {e}") from None
-        self.n_ctx = self.llm.n_ctx()
+            if repack is None:
+                settings, self.calibration = tuned_settings(lm_path, files["lm"]["sha256"], settings, image_tokens,
+                                                            verbose=verbose)
+            else:
+                settings, self.calibration = replace(settings, repack=repack), None
+            max_ctx = manifest["lm"]["context_length"]
+            # Without a fixed context: room for the image, a prompt and a short answer; longer answers and
+            # conversations double it (the KV cache of a 4096-position Phi-3-mini context is 1.6 GB).
+            start = n_ctx or image_tokens + PROMPT_ROOM + ANSWER_ROOM
+            self.llm = LlamaEngine(lm_path, settings, n_ctx=min(start, max_ctx),
+                                   max_ctx=n_ctx or max_ctx, verbose=verbose)
+        except EngineError as e:
+            raise BundleError(f"{files['lm']['path']}: {e}") from None
+        self.settings = settings
         self.decoder = SequenceDecoder(self.llm)
+
+    @property
+    def n_ctx(self) -> int:
+        return self.llm.n_ctx()
+
+    def reserve(self, n_positions: int) -> None:
+        """Grow the context (keeping the cache) to hold `n_positions`, up to the model's limit."""
+        self.llm.ensure_context(min(n_positions, self.llm.max_ctx))
 
     def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
         return self.vision.run(None, {self._vision_input: pixel_values[None]})[0][0]
@@ -101,12 +118,10 @@ class LlamaCppBackend:
         return lambda: sampler.sample(self.llm)
 
     def is_end(self, token: int) -> bool:
-        import llama_cpp
-
-        return bool(llama_cpp.llama_vocab_is_eog(llama_cpp.llama_model_get_vocab(self.llm.model), token))
+        return self.llm.is_end(token)
 
     def token_bytes(self, token: int) -> bytes:
-        return self.llm.detokenize([token], special=False)
+        return self.llm.piece(token)
 
     def close(self) -> None:
         self.llm.close()
