@@ -325,16 +325,20 @@ def format_report(report: dict) -> str:
 def calibrate(model_path, threads, as_json) -> None:
     """Measure llama.cpp's settings for a bundle on this machine (again) and remember the fastest."""
     from edgelmm.export.manifest import read_manifest
+    from edgelmm.export.manifest import BundleError
     from edgelmm.runtime.calibration import tuned_settings
-    from edgelmm.runtime.llama_engine import EngineSettings, default_threads
+    from edgelmm.runtime.llama_engine import EngineError, EngineSettings, default_threads
     from edgelmm.runtime.model import default_model
 
     bundle = Path(model_path) if model_path else default_model()
     manifest = read_manifest(bundle)
     lm = manifest["files"]["lm"]
-    settings, record = tuned_settings(bundle / lm["path"], lm["sha256"],
-                                      EngineSettings(n_threads=threads or default_threads()),
-                                      int(manifest["vision"]["output"]["tokens"]), force=True)
+    try:
+        settings, record = tuned_settings(bundle / lm["path"], lm["sha256"],
+                                          EngineSettings(n_threads=threads or default_threads()),
+                                          int(manifest["vision"]["output"]["tokens"]), force=True)
+    except EngineError as e:
+        raise BundleError(f"{bundle}: {e}") from None
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return

@@ -93,3 +93,34 @@ def test_a_fixed_context_stays_fixed(bundle, store):
         model.ask(image, "word " * 300)
     assert model.backend.n_ctx == 256
     assert model.ask(image, "word " * 100, max_tokens=8) is not None
+
+
+def test_cli_calibrate_measures_again_and_ask_takes_a_fixed_context(bundle, store, capfd, monkeypatch):
+    from test_runtime import run_cli
+
+    code, out, err = run_cli(capfd, monkeypatch, "calibrate", "-m", bundle, "--threads", 1, "--json")
+    record = json.loads(out)
+    assert code == 0 and set(record["measured"]) == {"repack", "no_repack"}
+    assert store.get(store_key(_sha(bundle), 1)) == record
+    image = bundle.parent / "photo.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image)
+    code, out, err = run_cli(capfd, monkeypatch, "ask", image, "word " * 300, "-m", bundle, "--threads", 1,
+                             "--ctx", 256)
+    assert code == 2 and "context" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_cli(capfd, monkeypatch, "calibrate", "-m", bundle.parent / "missing")
+    assert code == 2 and "not found" in err
+
+
+def test_torch_backend_runs_in_bfloat16(bundle):
+    import torch
+
+    import edgelmm
+
+    model = edgelmm.load(bundle, backend="torch", dtype="bfloat16")
+    assert next(model.backend.parts.model.parameters()).dtype == torch.bfloat16
+    answer = model.ask(np.zeros((32, 32, 3), dtype=np.uint8), "What is it?", max_tokens=6)
+    assert isinstance(answer, str)
+    with pytest.raises(edgelmm.errors.UserError, match="unknown torch dtype"):
+        edgelmm.load(bundle, backend="torch", dtype="float8")

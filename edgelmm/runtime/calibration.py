@@ -125,7 +125,8 @@ def measure_isolated(path: str | Path, settings: EngineSettings, image_tokens: i
         sys.stderr.write(done.stderr)
     if done.returncode != 0:
         how = f"signal {-done.returncode}" if done.returncode < 0 else f"exit code {done.returncode}"
-        return {"error": f"llama.cpp failed ({how})"}
+        last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "")
+        return {"error": f"llama.cpp failed ({how})" + (f": {last.strip()[:200]}" if done.returncode > 0 else "")}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -16,9 +16,19 @@ class SequenceDecoder:
     """Decodes into sequence 0 of a `llama_cpp.Llama` context, continuing its KV cache."""
 
     def __init__(self, llm) -> None:
+        import llama_cpp
+
         self.llm = llm
         self.n_embd, self.n_vocab = llm.n_embd(), llm.n_vocab()
         self.pos = 0
+        self._lib = llama_cpp
+        # One batch of one token, made once: an answer decodes hundreds of them, and a small model
+        # decodes one in a fraction of a millisecond, so per-token allocation would show.
+        self._one = llama_cpp.llama_batch_init(1, 0, 1)
+        self._one.n_tokens = 1
+        self._one.n_seq_id[0] = 1
+        self._one.seq_id[0][0] = 0
+        self._one.logits[0] = True
 
     def reset(self) -> None:
         import llama_cpp
@@ -55,7 +65,21 @@ class SequenceDecoder:
 
     def decode_token(self, token: int) -> None:
         """Decode one token without copying logits out (the sampler reads them in place)."""
-        self._decode(1, False, tokens=[token], copy=False)
+        if self.pos + 1 > self.llm.n_ctx():
+            raise ValueError(f"{self.pos + 1} positions exceed the context of {self.llm.n_ctx()}")
+        self._one.token[0] = token
+        self._one.pos[0] = self.pos
+        code = self._lib.llama_decode(self.llm.ctx, self._one)
+        if code != 0:
+            raise RuntimeError(f"llama_decode failed with code {code}")
+        self.pos += 1
+
+    def close(self) -> None:
+        if self._one is not None:
+            self._lib.llama_batch_free(self._one)
+            self._one = None
+
+    __del__ = close
 
     def _decode(self, n: int, all_logits: bool, tokens=None, embeds=None, copy: bool = True) -> np.ndarray | None:
         import llama_cpp

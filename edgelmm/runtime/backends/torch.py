@@ -155,6 +155,8 @@ class TorchBackend:
         if token in tok.all_special_ids:
             return b""
         piece = tok.convert_ids_to_tokens(token)
+        if piece is None:  # an id of the embedding matrix's padding, beyond the tokenizer (untrained models emit them)
+            return b""
         if self._byte_decoder is not None:
             return bytes(self._byte_decoder[c] for c in piece)
         return tok.convert_tokens_to_string([piece]).encode("utf-8")
