@@ -384,6 +384,8 @@ def show(bundle: str) -> None:
              f"{vis['output']['tokens']} tokens x {vis['output']['width']}",
              f"language    {m['files']['lm']['path']} ({lm['architecture']}, {lm['quant']}, "
              f"context {lm['context_length']}, vocabulary {lm['vocab_size']})",
+             *([f"mmproj      {m['files']['mmproj']['path']} (the vision part for llama.cpp's own multimodal tools)"]
+               if "mmproj" in m["files"] else []),
              f"prompt      image placeholder {m['prompt']['image_placeholder']}, stops at {', '.join(m['prompt']['stop'])}",
              f"generation  max {m['generation']['max_tokens']} tokens, temperature {m['generation']['temperature']}",
              f"made by     edgelmm {m['provenance']['edgelmm_version']} from {m['provenance']['source_checkpoint']} "

@@ -107,3 +107,13 @@ def test_mmproj_refuses_projectors_llama_cpp_cannot_run(tmp_path):
     with pytest.raises(ConfigError, match="no mmproj layout for the 'ldpv2' projector"):
         write_bundle(parts, tmp_path / "b", quant="f32", mmproj=True)
     assert not (tmp_path / "b").exists()  # refused before any work
+
+
+def test_cli_export_mmproj_and_show(checkpoint, tmp_path, capsys, monkeypatch):
+    from test_runtime import run_cli
+
+    out = tmp_path / "bundle"
+    code, _, _ = run_cli(capsys, monkeypatch, "export", checkpoint, "--out", out, "--quant", "f32", "--mmproj")
+    assert code == 0 and (out / "mmproj-f16.gguf").is_file()
+    code, shown, _ = run_cli(capsys, monkeypatch, "show", out)
+    assert code == 0 and "mmproj      mmproj-f16.gguf" in shown

@@ -40,7 +40,8 @@ def load(model: str | Path | None = None, *, backend: str = "auto", n_threads: i
 
     `n_threads`: CPU threads (default: one per physical core). `n_ctx`: a fixed context (default: sized
     to what is asked, growing with a conversation). Backend options: `repack` (llamacpp: llama.cpp's
-    weight re-layout on or off; default: what measured fastest on this machine, see `edgelmm calibrate`).
+    weight re-layout on or off; default: what measured fastest on this machine, see `edgelmm calibrate`);
+    `dtype` (torch: "float32", "bfloat16" or "auto").
     """
     started = time.perf_counter()
     path = Path(model) if model is not None else default_model()
