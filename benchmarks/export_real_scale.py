@@ -100,8 +100,8 @@ def random_weights(std: float, seed: int = 0):
 def run(preset: str, quant: str, out: Path) -> dict:
     import torch
 
+    from edgelmm.bundle_format import MANIFEST, load_manifest
     from edgelmm.export.bundle import write_bundle
-    from edgelmm.export.manifest import MANIFEST
     from edgelmm.export.verify import verify_bundle
     from edgelmm.modeling import build_model
     from edgelmm.quantize.gguf import tensor_types
@@ -120,11 +120,11 @@ def run(preset: str, quant: str, out: Path) -> dict:
     phases.start("verify (ONNX Runtime and llama.cpp load the files)")
     problems = verify_bundle(bundle)
     phases.stop()
-    manifest = json.loads((bundle / MANIFEST).read_text())
-    files = {entry["path"]: entry["size"] for entry in manifest["files"].values()}
+    manifest = load_manifest(bundle)
+    files = {entry.path: entry.size for entry in manifest.files.values()}
     files[MANIFEST] = (bundle / MANIFEST).stat().st_size
     lm_types: dict[str, int] = {}
-    for kind in tensor_types(bundle / manifest["files"]["lm"]["path"]).values():
+    for kind in tensor_types(manifest.path(bundle, "lm")).values():
         lm_types[kind] = lm_types.get(kind, 0) + 1
     return {
         "preset": preset, "quant": quant, "parameters": params, "cpu_count": os.cpu_count(),

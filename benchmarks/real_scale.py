@@ -117,12 +117,14 @@ def paths(work: Path, preset: str) -> dict[str, Path]:
             "info": base / "info.json", "logs": base / "logs"}
 
 
-def manifest(bundle: Path) -> dict:
-    return json.loads((bundle / "edgelmm.json").read_text())
+def manifest(bundle: Path):
+    from edgelmm.bundle_format import load_manifest
+
+    return load_manifest(bundle)
 
 
 def bundle_file(bundle: Path, role: str) -> Path:
-    return bundle / manifest(bundle)["files"][role]["path"]
+    return manifest(bundle).path(bundle, role)
 
 
 # ---- building the files (worker "build") ----------------------------------------------------------
@@ -172,7 +174,9 @@ def build_files(preset: str, work: Path, quant: str, rebuild: bool) -> dict:
 def fp32_bundle(parts, int8: Path, out: Path) -> None:
     """The int8 bundle with an fp32 vision graph: a new vision.onnx, hard links to the same GGUF and mmproj
     (same bytes: the hashes in the manifest are copied and checked against the files), its own manifest."""
-    from edgelmm.export.manifest import file_entry, sha256
+    from dataclasses import replace
+
+    from edgelmm.bundle_format import file_entry, save_manifest, sha256
     from edgelmm.export.onnx_vision import export_vision_onnx
     from edgelmm.fsutil import atomic_output_dir
     from edgelmm.quantize.onnx import convert_vision
@@ -184,17 +188,16 @@ def fp32_bundle(parts, int8: Path, out: Path) -> None:
         convert_vision(exported, tmp / "vision.onnx", "fp32")  # as write_bundle does: one file when it fits
         exported.unlink()
         files = {"vision": file_entry(tmp, "vision.onnx")}
-        for role, entry in source["files"].items():
+        for role, entry in source.files.items():
             if role == "vision" or role.startswith("vision_data:"):
                 continue
-            os.link(int8 / entry["path"], tmp / entry["path"])
+            os.link(int8 / entry.path, tmp / entry.path)
             files[role] = entry  # same inode: same size and hash
-        for extra in sorted(f.name for f in tmp.iterdir() if f.name not in {e["path"] for e in files.values()}):
+        for extra in sorted(f.name for f in tmp.iterdir() if f.name not in {e.path for e in files.values()}):
             files[f"vision_data:{extra}"] = file_entry(tmp, extra)
         # Cheap for small bundles, a few seconds for large ones: proof that the links hold the same bytes.
-        assert sha256(tmp / files["lm"]["path"]) == source["files"]["lm"]["sha256"]
-        fresh = {**source, "files": files, "vision": {**source["vision"], "precision": "fp32"}}
-        (tmp / "edgelmm.json").write_text(json.dumps(fresh, indent=2))
+        assert sha256(tmp / files["lm"].path) == source.files["lm"].sha256
+        save_manifest(tmp, replace(source, files=files, vision=replace(source.vision, precision="fp32")))
 
 
 def checkpoint(parts, out: Path, std: float, dtype) -> None:
@@ -429,7 +432,7 @@ def prompt_text(bundle: Path, marker: str) -> str:
     """The bundle's chat template rendered for one question, the image placeholder replaced by `marker`."""
     from edgelmm.runtime.prompt import ChatFormat
 
-    fmt = ChatFormat.from_manifest(manifest(bundle)["prompt"])
+    fmt = ChatFormat.from_manifest(manifest(bundle).prompt)
     return fmt.render_text([(QUESTION, None)]).replace(fmt.image_placeholder, marker)
 
 
@@ -438,7 +441,7 @@ def measure_mtmd(bundle: Path, images: list[str], threads: int, max_tokens: int,
     `repack` None keeps llama.cpp's default weight re-layout (on)."""
     from llama_cpp import mtmd_cpp as mt
 
-    image_tokens = manifest(bundle)["vision"]["output"]["tokens"]
+    image_tokens = manifest(bundle).vision.output.tokens
     n_ctx = context_size(image_tokens, max_tokens)
     started = time.perf_counter()
     llm = LlamaCpp(bundle_file(bundle, "lm"), threads, n_ctx, min(2048, n_ctx), repack=repack)  # llama.cpp's defaults
@@ -535,7 +538,7 @@ def run_worker(name: str, args) -> dict:
         repack = {"default": None, "on": True, "off": False}[args.mtmd_relayout]
         return measure_mtmd(p["int8"], images, args.threads, args.max_tokens, repack)
     if name in ("bare-repack", "bare-norepack"):
-        tokens = manifest(p["int8"])["vision"]["output"]["tokens"]
+        tokens = manifest(p["int8"]).vision.output.tokens
         return measure_bare(bundle_file(p["int8"], "lm"), tokens, len(images), args.threads, args.max_tokens,
                             repack=name == "bare-repack")
     raise SystemExit(f"unknown worker {name!r}")
@@ -666,16 +669,16 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def file_sizes(p: dict[str, Path]) -> dict:
     """Bytes on disk per contender's files (the edgelmm runtime does not read the mmproj)."""
     m = manifest(p["int8"])
-    size = lambda bundle, role: (bundle / manifest(bundle)["files"][role]["path"]).stat().st_size  # noqa: E731
-    runtime = lambda bundle: sum(e["size"] for r, e in manifest(bundle)["files"].items() if r != "mmproj") + \
+    size = lambda bundle, role: bundle_file(bundle, role).stat().st_size  # noqa: E731
+    runtime = lambda bundle: sum(e.size for r, e in manifest(bundle).files.items() if r != "mmproj") + \
         (bundle / "edgelmm.json").stat().st_size  # noqa: E731
     return {"lm_gguf": size(p["int8"], "lm"), "mmproj": size(p["int8"], "mmproj"),
             "vision_int8": size(p["int8"], "vision"), "vision_fp32": size(p["fp32"], "vision"),
             "checkpoint": folder_size(p["checkpoint"]),
             "per_contender": {"edgelmm-int8": runtime(p["int8"]), "edgelmm-fp32": runtime(p["fp32"]),
-                              "llamacpp-mtmd": m["files"]["lm"]["size"] + m["files"]["mmproj"]["size"],
+                              "llamacpp-mtmd": m.files["lm"].size + m.files["mmproj"].size,
                               "torch-fp32": folder_size(p["checkpoint"]), "torch-bf16": folder_size(p["checkpoint"]),
-                              "bare-repack": m["files"]["lm"]["size"], "bare-norepack": m["files"]["lm"]["size"]}}
+                              "bare-repack": m.files["lm"].size, "bare-norepack": m.files["lm"].size}}
 
 
 # ---- one preset, all rounds -----------------------------------------------------------------------

@@ -204,10 +204,8 @@ def evaluate_command(ctx: click.Context, model_path: str, data: str, backend: st
                      quiet: bool) -> None:
     """Exact-match accuracy per question type and POPE metrics of MODEL on DATA. MODEL is a checkpoint
     (answered in batches by PyTorch) or a bundle (answered by the runtime, with --backend)."""
-    from pathlib import Path
-
+    from edgelmm.bundle_format import MANIFEST
     from edgelmm.eval.evaluate import checkpoint_answerer, evaluate, read_eval_items, runtime_answerer
-    from edgelmm.export.manifest import MANIFEST
     from edgelmm.fsutil import atomic_write_text
 
     items = read_eval_items(data, limit)
@@ -324,19 +322,17 @@ def format_report(report: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration record as JSON.")
 def calibrate(model_path, threads, as_json) -> None:
     """Measure llama.cpp's settings for a bundle on this machine (again) and remember the fastest."""
-    from edgelmm.export.manifest import read_manifest
-    from edgelmm.export.manifest import BundleError
+    from edgelmm.bundle_format import BundleError, load_manifest
     from edgelmm.runtime.calibration import tuned_settings
     from edgelmm.runtime.llama_engine import EngineError, EngineSettings, default_threads
     from edgelmm.runtime.model import default_model
 
     bundle = Path(model_path) if model_path else default_model()
-    manifest = read_manifest(bundle)
-    lm = manifest["files"]["lm"]
+    manifest = load_manifest(bundle)
     try:
-        settings, record = tuned_settings(bundle / lm["path"], lm["sha256"],
+        settings, record = tuned_settings(manifest.path(bundle, "lm"), manifest.file("lm").sha256,
                                           EngineSettings(n_threads=threads or default_threads()),
-                                          int(manifest["vision"]["output"]["tokens"]), force=True)
+                                          manifest.vision.output.tokens, force=True)
     except EngineError as e:
         raise BundleError(f"{bundle}: {e}") from None
     if as_json:
@@ -373,23 +369,21 @@ def export(checkpoint: str, out: str, quant: str, vision: str, mmproj: bool, for
 @click.argument("bundle", type=click.Path())
 def show(bundle: str) -> None:
     """Print a readable summary of BUNDLE's manifest."""
-    from edgelmm.export.manifest import read_manifest
+    from edgelmm.bundle_format import load_manifest
 
-    m = read_manifest(bundle)
-    vis, lm = m["vision"], m["lm"]
-    size = sum(f["size"] for f in m["files"].values())
-    lines = [f"bundle      {bundle} (format {m['format_version']}, {size / 1e6:.1f} MB)",
-             f"vision      {m['files']['vision']['path']} ({vis['precision']}, projector {vis['projector']}): "
-             f"{vis['input']['size']}x{vis['input']['size']} {vis['input']['resize']} -> "
-             f"{vis['output']['tokens']} tokens x {vis['output']['width']}",
-             f"language    {m['files']['lm']['path']} ({lm['architecture']}, {lm['quant']}, "
-             f"context {lm['context_length']}, vocabulary {lm['vocab_size']})",
-             *([f"mmproj      {m['files']['mmproj']['path']} (the vision part for llama.cpp's own multimodal tools)"]
-               if "mmproj" in m["files"] else []),
-             f"prompt      image placeholder {m['prompt']['image_placeholder']}, stops at {', '.join(m['prompt']['stop'])}",
-             f"generation  max {m['generation']['max_tokens']} tokens, temperature {m['generation']['temperature']}",
-             f"made by     edgelmm {m['provenance']['edgelmm_version']} from {m['provenance']['source_checkpoint']} "
-             f"at {m['provenance']['created']}"]
+    m = load_manifest(bundle)
+    vis, lm, files = m.vision, m.lm, m.files
+    lines = [f"bundle      {bundle} (format {m.format_version}, {m.size / 1e6:.1f} MB)",
+             f"vision      {files['vision'].path} ({vis.precision}, projector {vis.projector}): "
+             f"{vis.input.size}x{vis.input.size} {vis.input.resize} -> {vis.output.tokens} tokens x {vis.output.width}",
+             f"language    {files['lm'].path} ({lm.architecture}, {lm.quant}, context {lm.context_length}, "
+             f"vocabulary {lm.vocab_size})",
+             *([f"mmproj      {files['mmproj'].path} (the vision part for llama.cpp's own multimodal tools)"]
+               if "mmproj" in files else []),
+             f"prompt      image placeholder {m.prompt.image_placeholder}, stops at {', '.join(m.prompt.stop)}",
+             f"generation  max {m.generation.max_tokens} tokens, temperature {m.generation.temperature}",
+             f"made by     edgelmm {m.provenance.edgelmm_version} from {m.provenance.source_checkpoint} "
+             f"at {m.provenance.created}"]
     click.echo("\n".join(lines))
 
 

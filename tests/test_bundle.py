@@ -6,7 +6,7 @@ import json
 import pytest
 
 from edgelmm import cli
-from edgelmm.export.manifest import MANIFEST
+from edgelmm.bundle_format import MANIFEST
 
 
 def run(capsys, *args):

@@ -36,13 +36,13 @@ def _fields(path) -> dict:
 
 
 def test_mmproj_keys_and_tensors_for_a_clip_tower(tiny, tmp_path):
-    from edgelmm.export.manifest import read_manifest
+    from edgelmm.bundle_format import load_manifest
     from edgelmm.export.verify import verify_bundle
 
     bundle = _bundle(tiny, tmp_path / "b")
-    manifest = read_manifest(bundle)
-    assert manifest["files"]["mmproj"]["path"] == "mmproj-f16.gguf"
-    assert not any(role.startswith("vision_data") for role in manifest["files"])  # its own role
+    manifest = load_manifest(bundle)
+    assert manifest.files["mmproj"].path == "mmproj-f16.gguf"
+    assert not any(role.startswith("vision_data") for role in manifest.files)  # its own role
     values, shapes = _fields(bundle / "mmproj-f16.gguf")
     vision = tiny.model.config.vision_config  # 2 layers; LLaVA reads the second-to-last: 1 layer kept
     assert values["general.architecture"] == "clip" and values["clip.projector_type"] == "mlp"

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from edgelmm.errors import UserError
-from edgelmm.export.manifest import MANIFEST, BundleError
+from edgelmm.bundle_format import MANIFEST, BundleError
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ leaves a folder that looks complete.
 from __future__ import annotations
 
 import datetime
-import json
 from pathlib import Path
 
 from edgelmm import __version__
+from edgelmm.bundle_format import (Generation, LanguageModel, Manifest, Prompt, Provenance, Vision, VisionInput,
+                                   VisionOutput, file_entry, save_manifest)
 from edgelmm.errors import ConfigError
-from edgelmm.export.manifest import FORMAT, FORMAT_VERSION, MANIFEST, file_entry
 from edgelmm.fsutil import atomic_output_dir, check_output_dir
 from edgelmm.quantize.gguf import ALL_TYPES, EXPORT_TYPES, QUANT_SOURCE, quantize_gguf
 from edgelmm.quantize.onnx import VISION_PRECISIONS, convert_vision
@@ -100,28 +100,23 @@ def write_bundle(parts, out: str | Path, *, quant: str = "q4_k_m", vision: str =
             files["mmproj"] = file_entry(tmp, MMPROJ_FILE)  # for llama.cpp's own tools; the runtime does not read it
         for extra in sorted(p.name for p in tmp.iterdir() if p.name not in ("vision.onnx", lm_file, MMPROJ_FILE)):
             files[f"vision_data:{extra}"] = file_entry(tmp, extra)  # external weights of a large graph
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "files": files,
-            "vision": {
-                "precision": vision,
-                "input": {"name": "pixel_values", "layout": "NCHW", "dtype": "float32", "channel_order": "RGB",
-                          **parts.image_spec.to_dict()},
-                "output": {"name": "image_embeds", "tokens": parts.num_image_tokens,
-                           "width": config.text_config.hidden_size},
-                "projector": getattr(config, "projector_type", None) or "mlp2x_gelu",
-            },
-            "lm": {"architecture": config.text_config.model_type, "quant": quant,
-                   "context_length": config.text_config.max_position_embeddings,
-                   "vocab_size": config.text_config.vocab_size},
-            "prompt": {"chat_template": parts.tokenizer.chat_template, "image_placeholder": IMAGE_TOKEN,
-                       "bos": parts.tokenizer.bos_token, "stop": stop_strings(parts), "system_prompt": None},
-            "generation": {"max_tokens": DEFAULT_MAX_TOKENS, "temperature": 0.0},
-            "provenance": {"edgelmm_version": __version__,
-                           "source_checkpoint": str(Path(source).resolve()) if source else None,
-                           "preset": getattr(config, "edgelmm_preset", None),
-                           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        manifest = Manifest(
+            files=files,
+            vision=Vision(precision=vision,
+                          input=VisionInput(name="pixel_values", **parts.image_spec.to_dict()),
+                          output=VisionOutput(name="image_embeds", tokens=parts.num_image_tokens,
+                                              width=config.text_config.hidden_size),
+                          projector=getattr(config, "projector_type", None) or "mlp2x_gelu"),
+            lm=LanguageModel(architecture=config.text_config.model_type, quant=quant,
+                             context_length=config.text_config.max_position_embeddings,
+                             vocab_size=config.text_config.vocab_size),
+            prompt=Prompt(chat_template=parts.tokenizer.chat_template, image_placeholder=IMAGE_TOKEN,
+                          bos=parts.tokenizer.bos_token, stop=stop_strings(parts)),
+            generation=Generation(max_tokens=DEFAULT_MAX_TOKENS, temperature=0.0),
+            provenance=Provenance(
+                edgelmm_version=__version__, source_checkpoint=str(Path(source).resolve()) if source else None,
+                preset=getattr(config, "edgelmm_preset", None),
+                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")),
+        )
+        save_manifest(tmp, Manifest.from_dict(manifest.to_dict()))  # validated as a runtime will read it
     return Path(out)

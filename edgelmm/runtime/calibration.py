@@ -168,7 +168,7 @@ def tuned_settings(path: str | Path, model_sha256: str, base: EngineSettings, im
 def open_tuned(path: str | Path, *, image_tokens: int, n_ctx: int, n_threads: int | None = None,
                model_sha256: str | None = None, verbose: bool = False) -> LlamaEngine:
     """A llama.cpp engine for a GGUF file with this machine's measured settings and a fixed context."""
-    from edgelmm.export.manifest import sha256
+    from edgelmm.bundle_format import sha256
 
     base = EngineSettings(n_threads=n_threads or default_threads())
     settings, _ = tuned_settings(path, model_sha256 or sha256(path), base, image_tokens, verbose=verbose)

@@ -26,9 +26,10 @@ class ChatFormat:
     stop: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_manifest(cls, prompt: dict) -> ChatFormat:
-        return cls(template=prompt["chat_template"], image_placeholder=prompt["image_placeholder"],
-                   bos=prompt.get("bos"), system_prompt=prompt.get("system_prompt"), stop=list(prompt.get("stop", [])))
+    def from_manifest(cls, prompt) -> ChatFormat:
+        """From a bundle's `bundle_format.Prompt`."""
+        return cls(template=prompt.chat_template, image_placeholder=prompt.image_placeholder, bos=prompt.bos,
+                   system_prompt=prompt.system_prompt, stop=list(prompt.stop))
 
     def render_text(self, turns: list[tuple[str, str | None]]) -> str:
         """The text of a conversation about one image: (question, answer) turns, the last answer None

@@ -7,13 +7,13 @@ neither.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from edgelmm.errors import UserError
-from edgelmm.export.manifest import BundleError, check_files, read_manifest
+from edgelmm.bundle_format import BundleError, check_files, load_manifest
 from edgelmm.imaging import ImageSpec
 from edgelmm.runtime.calibration import tuned_settings
 from edgelmm.runtime.llama_batch import Sampler, SequenceDecoder
@@ -40,44 +40,44 @@ class LlamaCppBackend:
         import onnxruntime as ort
 
         bundle = Path(bundle)
-        manifest = read_manifest(bundle)
-        files = manifest["files"]
-        self.size_on_disk = sum(f["size"] for f in files.values() if f is not files.get("mmproj"))
+        manifest = load_manifest(bundle)
+        files = manifest.files
+        self.size_on_disk = sum(f.size for role, f in files.items() if role != "mmproj")  # not read here
         problems = check_files(bundle, manifest, hashes=self.size_on_disk <= HASH_ON_LOAD_LIMIT)
         if problems:
             raise BundleError(f"bundle {bundle} is damaged: {'; '.join(problems)} (see `edgelmm verify`)")
         self.manifest = manifest
-        self.chat = ChatFormat.from_manifest(manifest["prompt"])
-        self.image_spec = ImageSpec.from_dict(manifest["vision"]["input"])
+        self.chat = ChatFormat.from_manifest(manifest.prompt)
+        self.image_spec = ImageSpec.from_dict(asdict(manifest.vision.input))
         threads = n_threads or default_threads()
 
         options = ort.SessionOptions()
         options.log_severity_level = 0 if verbose else 3
-        options.intra_op_num_threads = 1 if files["vision"]["size"] <= SMALL_VISION_GRAPH else threads
+        options.intra_op_num_threads = 1 if files["vision"].size <= SMALL_VISION_GRAPH else threads
         # ONNX Runtime's idle threads otherwise spin for a while after each image, on the very cores
         # llama.cpp needs for the prefill that follows.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.vision = ort.InferenceSession(str(bundle / files["vision"]["path"]), options,
+        self.vision = ort.InferenceSession(str(manifest.path(bundle, "vision")), options,
                                            providers=["CPUExecutionProvider"])
-        self._vision_input = manifest["vision"]["input"]["name"]
+        self._vision_input = manifest.vision.input.name
 
-        lm_path = bundle / files["lm"]["path"]
-        image_tokens = int(manifest["vision"]["output"]["tokens"])
+        lm_path = manifest.path(bundle, "lm")
+        image_tokens = manifest.vision.output.tokens
         settings = EngineSettings(n_threads=threads)
         try:
             if repack is None:
-                settings, self.calibration = tuned_settings(lm_path, files["lm"]["sha256"], settings, image_tokens,
+                settings, self.calibration = tuned_settings(lm_path, files["lm"].sha256, settings, image_tokens,
                                                             verbose=verbose)
             else:
                 settings, self.calibration = replace(settings, repack=repack), None
-            max_ctx = manifest["lm"]["context_length"]
+            max_ctx = manifest.lm.context_length
             # Without a fixed context: room for the image, a prompt and a short answer; longer answers and
             # conversations double it (the KV cache of a 4096-position Phi-3-mini context is 1.6 GB).
             start = n_ctx or image_tokens + PROMPT_ROOM + ANSWER_ROOM
             self.llm = LlamaEngine(lm_path, settings, n_ctx=min(start, max_ctx),
                                    max_ctx=n_ctx or max_ctx, verbose=verbose)
         except EngineError as e:
-            raise BundleError(f"{files['lm']['path']}: {e}") from None
+            raise BundleError(f"{files['lm'].path}: {e}") from None
         self.settings = settings
         self.decoder = SequenceDecoder(self.llm)
 

@@ -24,11 +24,15 @@ from edgelmm.runtime.prompt import ChatFormat
 
 def checkpoint_of(model: str | Path) -> Path:
     """A checkpoint folder as given, or the source checkpoint a bundle records."""
-    from edgelmm.export.manifest import MANIFEST, read_manifest
+    from edgelmm.bundle_format import MANIFEST, load_manifest
 
     model = Path(model)
     if (model / MANIFEST).is_file():
-        source = Path(read_manifest(model)["provenance"]["source_checkpoint"])
+        recorded = load_manifest(model).provenance.source_checkpoint
+        if recorded is None:
+            raise UserError(f"the torch backend needs the checkpoint bundle {model} was exported from; "
+                            "the bundle does not record one")
+        source = Path(recorded)
         if not (source / "config.json").is_file():
             raise UserError(f"the torch backend needs the checkpoint bundle {model} was exported from; "
                             f"{source} is gone")
