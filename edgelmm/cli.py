@@ -18,7 +18,6 @@ from edgelmm import __version__
 from edgelmm.errors import UserError
 from edgelmm.quantize.gguf import ALL_TYPES
 from edgelmm.quantize.onnx import VISION_PRECISIONS
-from edgelmm.runtime.backends import BACKENDS
 
 EXIT_USER_ERROR = 2
 
@@ -189,7 +188,7 @@ def recipe(preset: str, **kw) -> None:
 @app.command("eval")
 @click.argument("model_path", metavar="MODEL", type=click.Path())
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Evaluation items (eval.json).")
-@click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", *BACKENDS]),
+@click.option("--backend", default="auto", show_default=True,
               help="For a bundle: the runtime backend that answers.")
 @click.option("--image-folder", type=click.Path(file_okay=False), help="Images [default: next to DATA/images].")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N items.")
@@ -234,7 +233,8 @@ def _runtime_options(command):
     for option in reversed([
         click.option("--model", "-m", "model_path", type=click.Path(), help="Bundle folder [default: $EDGELMM_MODEL, "
                      "else the built-in demo model]."),
-        click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", *BACKENDS])),
+        click.option("--backend", default="auto", show_default=True,
+                     help="llamacpp, torch, or one an installed package adds (auto: llamacpp)."),
         click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(min=1)),
         click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0)),
         click.option("--threads", type=click.IntRange(min=1), help="CPU threads [default: one per physical core]."),

@@ -32,6 +32,10 @@ SMALL_VISION_GRAPH = 32 << 20
 
 
 class LlamaCppBackend:
+    """`vision.onnx` in ONNX Runtime, the GGUF in llama.cpp (settings measured per machine)."""
+
+    name = "llamacpp"
+
     def __init__(self, bundle: str | Path, *, n_threads: int | None = None, n_ctx: int | None = None,
                  repack: bool | None = None, verbose: bool = False) -> None:
         """`n_ctx` fixes the context; without it the context starts at what one answer about an image
@@ -123,5 +127,13 @@ class LlamaCppBackend:
     def token_bytes(self, token: int) -> bytes:
         return self.llm.piece(token)
 
+    def info(self) -> dict:
+        return {"backend": self.name, "threads": self.settings.n_threads, "repack": self.settings.repack,
+                "n_ctx": self.n_ctx, "vision_precision": self.manifest.vision.precision,
+                "quant": self.manifest.lm.quant}
+
     def close(self) -> None:
         self.llm.close()
+
+
+BACKEND = LlamaCppBackend

@@ -65,6 +65,10 @@ def resolve_dtype(dtype: str | None) -> str:
 
 
 class TorchBackend:
+    """The transformers checkpoint in PyTorch: the reference."""
+
+    name = "torch"
+
     def __init__(self, model: str | Path, *, n_threads: int | None = None, n_ctx: int | None = None,
                  verbose: bool = False, dtype: str | None = None) -> None:
         import torch
@@ -165,6 +169,9 @@ class TorchBackend:
             return bytes(self._byte_decoder[c] for c in piece)
         return tok.convert_tokens_to_string([piece]).encode("utf-8")
 
+    def info(self) -> dict:
+        return {"backend": self.name, "dtype": self.dtype_name, "n_ctx": self.n_ctx}
+
     def close(self) -> None:
         self._cache = None
 
@@ -190,3 +197,6 @@ def _byte_decoder(tokenizer) -> dict[str, int] | None:
             stand_ins.append(256 + extra)
             extra += 1
     return {chr(c): b for b, c in zip(printable, stand_ins)}
+
+
+BACKEND = TorchBackend
