@@ -266,8 +266,8 @@ def ask(ctx: click.Context, image: str, question: str, model_path, backend, max_
         question = sys.stdin.read().strip()
     model = _open_model(ctx, model_path, backend, threads, n_ctx, verbose)
     if as_json:
-        answer = model.ask(image, question, max_tokens=max_tokens, temperature=temperature)
-        click.echo(json.dumps({"answer": answer, "model": str(model.path), "timings": model.timings.to_dict()}))
+        answer = model.answer(image, question, max_tokens=max_tokens, temperature=temperature)
+        click.echo(json.dumps({**answer.to_dict(), "model": str(model.path), "backend": model.backend.info()}))
         return
     for chunk in model.ask(image, question, max_tokens=max_tokens, temperature=temperature, stream=True):
         click.echo(chunk, nl=False)

@@ -122,6 +122,31 @@ def test_threads_share_one_model_safely(model, scenes_dir):
     assert got == expected
 
 
+def test_each_thread_reads_its_own_timings_and_answer_returns_them(model, scenes_dir):
+    path = scenes_dir / "images" / "es0_000003.png"
+    result = model.answer(path, "Describe the image.", max_tokens=7)
+    assert result.text == model.ask(path, "Describe the image.", max_tokens=7)
+    assert result.timings.image_encode > 0 and result.timings.decode_tokens <= 7
+    assert result.to_dict()["answer"] == result.text
+    seen = {}
+
+    def work(n):
+        for _ in range(3):
+            mine = model.answer(path, "Describe the image.", max_tokens=n)
+            seen.setdefault(n, []).append(model.timings is mine.timings)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in (2, 5, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(all(same) for same in seen.values()) and len(seen) == 3  # no thread saw another's figures
+    conv = model.chat(path)
+    assert model.timings.image_prefill > 0  # the image's figures, before any question
+    first, follow_up = conv.answer("How many circles?", max_tokens=3), conv.answer("And stars?", max_tokens=3)
+    assert first.timings.image_prefill > 0 and follow_up.timings.image_prefill == 0
+
+
 def test_sampling_with_temperature_is_seeded(model, scenes_dir):
     path = scenes_dir / "images" / "es0_000007.png"
     a = model.ask(path, "Describe the image.", max_tokens=10, temperature=1.0, seed=3)

@@ -61,7 +61,7 @@ class ImageEmbeddings:
 
 @dataclass
 class Timings:
-    """Seconds spent on the last answer (and on loading), for `--json` and benchmarks."""
+    """Seconds spent on one answer (and on loading the model), for `--json` and benchmarks."""
 
     load: float = 0.0
     image_encode: float = 0.0
@@ -88,23 +88,46 @@ class Timings:
                 "tokens_per_second": round(self.tokens_per_second, 3)}
 
 
+@dataclass
+class Answer:
+    """One answer: its text and how it was made. Later features add their findings here."""
+
+    text: str
+    timings: Timings
+
+    def to_dict(self) -> dict:
+        return {"answer": self.text, "timings": self.timings.to_dict()}
+
+
 class Model:
-    """A loaded model. `ask` and `chat` are safe to call from several threads (one runs at a time)."""
+    """A loaded model. `ask`, `answer` and `chat` are safe to call from several threads (one runs at a
+    time); `timings` are the calling thread's last figures."""
 
     def __init__(self, backend, path: Path, load_seconds: float = 0.0) -> None:
         self.backend = backend
         self.path = path
-        self.timings = Timings(load=load_seconds)
+        self.load_seconds = load_seconds
         self._lock = threading.RLock()
         self._cached: list = []  # the keys the backend's cache holds, in order
+        self._local = threading.local()  # each thread's last timings
+
+    @property
+    def timings(self) -> Timings:
+        """Seconds spent on this thread's last answer (or image, before any answer)."""
+        return getattr(self._local, "timings", None) or Timings(load=self.load_seconds)
+
+    def _new_timings(self) -> Timings:
+        timings = Timings(load=self.load_seconds)
+        self._local.timings = timings
+        return timings
 
     # ---- images ----------------------------------------------------------------------------------
 
     def encode_image(self, image) -> np.ndarray:
         """The image's embeddings (N, D) as the language model receives them."""
-        return self._embeddings(image).array
+        return self._embeddings(image, self._new_timings()).array
 
-    def _embeddings(self, image) -> ImageEmbeddings:
+    def _embeddings(self, image, timings: Timings) -> ImageEmbeddings:
         if isinstance(image, ImageEmbeddings):
             return image
         if isinstance(image, np.ndarray) and image.dtype != np.uint8:  # embeddings from encode_image
@@ -114,7 +137,7 @@ class Model:
         started = time.perf_counter()
         with self._lock:  # decoding too: Pillow's limits are process-wide settings
             embeds = self.backend.encode_image(preprocess(image, self.backend.image_spec))
-        self.timings.image_encode = time.perf_counter() - started
+        timings.image_encode = time.perf_counter() - started
         return ImageEmbeddings(embeds)
 
     # ---- questions -------------------------------------------------------------------------------
@@ -126,15 +149,20 @@ class Model:
         return self.chat(image).ask(question, max_tokens=max_tokens, temperature=temperature, stream=stream,
                                     seed=seed)
 
+    def answer(self, image, question: str, *, max_tokens: int = 256, temperature: float = 0.0,
+               seed: int = 0) -> Answer:
+        """Like `ask`, returning the `Answer`: the text with this answer's own timings."""
+        return self.chat(image).answer(question, max_tokens=max_tokens, temperature=temperature, seed=seed)
+
     def chat(self, image) -> Conversation:
         """A conversation about one image. The image is encoded here, once, and read into the cache, so
         that a question asked later (while a user speaks it, say) waits only for its own tokens."""
-        self.timings.image_encode = 0.0
-        conversation = Conversation(self, self._embeddings(image))
+        timings = self._new_timings()
+        conversation = Conversation(self, self._embeddings(image, timings), _image_timings=timings)
         with self._lock:
             started = time.perf_counter()
-            self._prefill(conversation.image_keys())
-            self.timings.image_prefill = time.perf_counter() - started
+            self._prefill(conversation.image_keys(), timings)
+            timings.image_prefill = time.perf_counter() - started
         return conversation
 
     def close(self) -> None:
@@ -143,7 +171,7 @@ class Model:
 
     # ---- decoding (called with the lock held) ----------------------------------------------------
 
-    def _prefill(self, keys: list) -> None:
+    def _prefill(self, keys: list, timings: Timings) -> None:
         """Make the cache hold exactly `keys`, decoding only what it does not hold yet."""
         backend = self.backend
         backend.reserve(len(keys) + 1)
@@ -158,7 +186,7 @@ class Model:
         common = min(common, len(keys) - 1, backend.position)  # the last key is decoded again for its logits
         backend.truncate(common)
         self._cached = keys[:common]
-        self.timings.reused_tokens = common
+        timings.reused_tokens = common
         start = common
         while start < len(keys):  # runs of token ids and runs of image positions
             is_image = isinstance(keys[start], tuple)
@@ -200,26 +228,35 @@ class Conversation:
     image: ImageEmbeddings
     turns: list[tuple[str, str]] = field(default_factory=list)
     _text_keys: tuple[str, list] | None = None  # the last prompt+answer text and its keys as decoded
+    _image_timings: Timings | None = None  # the image's figures, until the first answer carries them
 
     def ask(self, question: str, *, max_tokens: int = 256, temperature: float = 0.0, stream: bool = False,
             seed: int = 0):
         """The answer (str), or an iterator of text chunks when `stream`; the turn joins the history."""
-        if not isinstance(question, str) or not question.strip():
-            raise UserError("the question is empty")
-        chunks = self._answer(question.strip(), max_tokens, temperature, seed)
+        chunks = self._answer(_checked(question), max_tokens, temperature, seed, self._timings())
         return chunks if stream else "".join(chunks).strip()
 
-    def _answer(self, question: str, max_tokens: int, temperature: float, seed: int) -> Iterator[str]:
+    def answer(self, question: str, *, max_tokens: int = 256, temperature: float = 0.0, seed: int = 0) -> Answer:
+        """Like `ask`, returning the `Answer`: the text with this answer's own timings."""
+        timings = self._timings()
+        text = "".join(self._answer(_checked(question), max_tokens, temperature, seed, timings)).strip()
+        return Answer(text, timings)
+
+    def _timings(self) -> Timings:
+        """The first answer carries the image's encode and prefill; a follow-up's are zero."""
+        timings, self._image_timings = self._image_timings or Timings(load=self.model.load_seconds), None
+        return timings
+
+    def _answer(self, question: str, max_tokens: int, temperature: float, seed: int,
+                timings: Timings) -> Iterator[str]:
         model = self.model
         with model._lock:
             started = time.perf_counter()
-            timings = model.timings
-            if self.turns:  # a follow-up: the image was encoded and read in for an earlier answer
-                timings.image_encode = timings.image_prefill = 0.0
+            model._local.timings = timings
             fmt = model.backend.chat
             text = fmt.render_text([*self.turns, (question, None)])
             keys = self._keys(text)
-            model._prefill(keys)
+            model._prefill(keys, timings)
             timings.prompt_tokens = len(keys)
             timings.prefill = time.perf_counter() - started
             stops = StopStrings(fmt.stop)
@@ -262,6 +299,12 @@ class Conversation:
         for piece in pieces:
             keys.extend(self.image.keys() if piece is IMAGE else self.model.backend.tokenize(piece))
         return keys
+
+
+def _checked(question) -> str:
+    if not isinstance(question, str) or not question.strip():
+        raise UserError("the question is empty")
+    return question.strip()
 
 
 class StopStrings:
