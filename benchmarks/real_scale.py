@@ -430,7 +430,7 @@ def measure_bare(gguf: Path, image_tokens: int, repeats: int, threads: int, max_
 
 def prompt_text(bundle: Path, marker: str) -> str:
     """The bundle's chat template rendered for one question, the image placeholder replaced by `marker`."""
-    from edgelmm.runtime.prompt import ChatFormat
+    from edgelmm.chat import ChatFormat
 
     fmt = ChatFormat.from_manifest(manifest(bundle).prompt)
     return fmt.render_text([(QUESTION, None)]).replace(fmt.image_placeholder, marker)

@@ -108,6 +108,7 @@ class Prompt:
     bos: str | None = None
     stop: list[str] = field(default_factory=list)
     system_prompt: str | None = None
+    eos: str | None = None  # the template's `eos_token` (some templates close every turn with it)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-IMAGE_TOKEN = "<image>"
+from edgelmm.chat import IMAGE_PLACEHOLDER
+
+IMAGE_TOKEN = IMAGE_PLACEHOLDER
 BOS, EOS, PAD = "<s>", "<|end|>", "<|endoftext|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 # `<|endoftext|>` must exist for llama.cpp's phi3 loader; it doubles as the padding token.

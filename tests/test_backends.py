@@ -16,7 +16,7 @@ TOY = '''
     import numpy as np
 
     from edgelmm.imaging import ImageSpec
-    from edgelmm.runtime.prompt import ChatFormat
+    from edgelmm.chat import ChatFormat
 
     END = 256
 

@@ -1,6 +1,6 @@
 import json
 
-from edgelmm import cli
+from edgelmm import __version__, cli
 
 
 def run(capsys, *args):
@@ -11,7 +11,7 @@ def run(capsys, *args):
 
 def test_version(capsys):
     code, out, _ = run(capsys, "--version")
-    assert code == 0 and out.strip() == f"edgelmm, version {cli.__version__}"
+    assert code == 0 and out.strip() == f"edgelmm, version {__version__}"
 
 
 def test_presets_table_and_json(capsys):

@@ -295,7 +295,7 @@ def test_quantized_gguf_agrees_with_torch(tmp_path, monkeypatch):
     from edgelmm.export.gguf_lm import export_gguf
     from edgelmm.presets import PRESETS, Preset
     from edgelmm.quantize.gguf import quantize_gguf, tensor_types
-    from edgelmm.quantize.report import next_token_agreement
+    from edgelmm.eval.quantization import next_token_agreement
     from edgelmm.tokenizer import train_tokenizer
 
     tiny = PRESETS.get("tiny")

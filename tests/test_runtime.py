@@ -46,7 +46,7 @@ def test_llamacpp_answers_equal_torch_answers(model, reference, scenes_dir):
 
 def test_chat_template_renders_like_transformers(checkpoint):
     from edgelmm.modeling import load_checkpoint
-    from edgelmm.runtime.prompt import ChatFormat
+    from edgelmm.chat import ChatFormat
 
     tok = load_checkpoint(checkpoint).tokenizer
     fmt = ChatFormat(tok.chat_template, bos=tok.bos_token, system_prompt="Be brief.")

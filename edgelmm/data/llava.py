@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from edgelmm.chat import ChatFormat
 from edgelmm.errors import DataError
 from edgelmm.imaging import ImageSpec, preprocess
 from edgelmm.tokenizer import IMAGE_TOKEN
@@ -141,13 +142,13 @@ def tokenize_conversation(tokenizer, conversations: list[dict], rid: str = "?") 
     tokens whose characters fall inside a reply (its closing end-of-turn token included) are labelled.
     """
     messages = [{"role": ROLES[t["from"]], "content": t["value"]} for t in conversations]
-    render = lambda msgs, gen=False: tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)  # noqa: E731
+    render = ChatFormat.from_tokenizer(tokenizer).render
     text = render(messages)
     spans = []
     for k, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before, through = render(messages[:k], gen=True), render(messages[:k + 1]).rstrip()
+        before, through = render(messages[:k], add_generation_prompt=True), render(messages[:k + 1]).rstrip()
         if not (text.startswith(before) and text.startswith(through)):
             raise DataError(f"record {rid}: the chat template does not render turns as prefixes")
         spans.append((len(before), len(through)))

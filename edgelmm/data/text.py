@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from edgelmm.chat import ChatFormat
 from edgelmm.data.llava import ROLES, read_records
 from edgelmm.tokenizer import IMAGE_TOKEN
 
@@ -33,6 +34,6 @@ class ChatTextDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int) -> dict:
-        text = self.tokenizer.apply_chat_template(conversation_text(self.records[i]), tokenize=False)
+        text = ChatFormat.from_tokenizer(self.tokenizer).render(conversation_text(self.records[i]))
         ids = torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids[:self.max_length])
         return {"input_ids": ids, "labels": ids.clone()}

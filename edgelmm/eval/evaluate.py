@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgelmm.chat import ChatFormat
 from edgelmm.data.llava import read_records
 from edgelmm.errors import DataError
 from edgelmm.eval.metrics import score
@@ -26,9 +27,9 @@ def prompt_pieces(parts, question: str, with_image: bool = True) -> tuple[list[i
     (the second piece is empty without an image). `<image>` is a special token, so splitting the text
     there tokenizes exactly like the whole prompt."""
     tok = parts.tokenizer
-    content = f"{IMAGE_TOKEN}\n{question}" if with_image else question
-    text = tok.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
-    before, _, after = text.partition(IMAGE_TOKEN)
+    fmt = ChatFormat.from_tokenizer(tok, parts.model.generation_config)
+    text = fmt.render_text([(question, None)], with_image=with_image)
+    before, _, after = text.partition(fmt.image_placeholder)
     encode = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
     return encode(before), encode(after) if after else []
 
@@ -58,7 +59,7 @@ def answer_batch(parts, questions: list[str], images: list, max_new_tokens: int 
         input_ids[row, longest - len(p):] = torch.tensor(p)
         attention_mask[row, longest - len(p):] = 1
     pixels = [torch.from_numpy(preprocess(img, parts.image_spec)) for img in images if img is not None]
-    stop = [t for t in {tok.eos_token_id, tok.convert_tokens_to_ids("<|endoftext|>")} if isinstance(t, int) and t >= 0]
+    stop = tok.convert_tokens_to_ids(ChatFormat.from_tokenizer(tok, model.generation_config).stop)
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask,
                          pixel_values=torch.stack(pixels) if pixels else None, do_sample=False,
                          max_new_tokens=max_new_tokens, eos_token_id=stop, pad_token_id=tok.pad_token_id)

@@ -10,23 +10,15 @@ import datetime
 from pathlib import Path
 
 from edgelmm import __version__
-from edgelmm.bundle_format import (Generation, LanguageModel, Manifest, Prompt, Provenance, Vision, VisionInput,
-                                   VisionOutput, file_entry, save_manifest)
+from edgelmm.bundle_format import (Generation, LanguageModel, Manifest, Provenance, Vision, VisionInput, VisionOutput,
+                                   file_entry, save_manifest)
+from edgelmm.chat import ChatFormat
 from edgelmm.errors import ConfigError
 from edgelmm.fsutil import atomic_output_dir, check_output_dir
 from edgelmm.quantize.gguf import ALL_TYPES, EXPORT_TYPES, QUANT_SOURCE, quantize_gguf
 from edgelmm.quantize.onnx import VISION_PRECISIONS, convert_vision
-from edgelmm.tokenizer import IMAGE_TOKEN
 
 DEFAULT_MAX_TOKENS = 256
-
-
-def stop_strings(parts) -> list[str]:
-    """The texts that end an answer: the generation config's EOS tokens and the tokenizer's."""
-    eos = parts.model.generation_config.eos_token_id
-    ids = eos if isinstance(eos, list) else [eos]
-    ids = [i for i in [*ids, parts.tokenizer.eos_token_id] if i is not None]
-    return sorted({parts.tokenizer.convert_ids_to_tokens(i) for i in ids})
 
 
 def check_exportable(parts) -> None:
@@ -110,8 +102,7 @@ def write_bundle(parts, out: str | Path, *, quant: str = "q4_k_m", vision: str =
             lm=LanguageModel(architecture=config.text_config.model_type, quant=quant,
                              context_length=config.text_config.max_position_embeddings,
                              vocab_size=config.text_config.vocab_size),
-            prompt=Prompt(chat_template=parts.tokenizer.chat_template, image_placeholder=IMAGE_TOKEN,
-                          bos=parts.tokenizer.bos_token, stop=stop_strings(parts)),
+            prompt=ChatFormat.from_tokenizer(parts.tokenizer, parts.model.generation_config).to_manifest(),
             generation=Generation(max_tokens=DEFAULT_MAX_TOKENS, temperature=0.0),
             provenance=Provenance(
                 edgelmm_version=__version__, source_checkpoint=str(Path(source).resolve()) if source else None,

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgelmm.errors import ConfigError
+from edgelmm.modeling.vision_encoder import feature_depth
 
 MMPROJ_FILE = "mmproj-f16.gguf"
 
@@ -52,15 +53,6 @@ _PROJECTOR_NAMES = {"linear_1.weight": "mm.0.weight", "linear_1.bias": "mm.0.bia
                     "linear_2.weight": "mm.2.weight", "linear_2.bias": "mm.2.bias"}
 # The tower's FFN activation -> clip.use_gelu (llama.cpp's default without it is quick GELU).
 _GELU_ACTS = {"quick_gelu": False, "gelu": True, "gelu_pytorch_tanh": True, "gelu_new": True}
-
-
-def feature_depth(config) -> int:
-    """How many tower layers LLaVA's features pass through (hidden_states[depth])."""
-    layer = config.vision_feature_layer
-    if not isinstance(layer, int):
-        raise ConfigError("an mmproj takes one vision feature layer; this model concatenates several")
-    n_layers = config.vision_config.num_hidden_layers
-    return layer if layer >= 0 else n_layers + 1 + layer
 
 
 def check_mmproj(parts) -> None:

@@ -8,41 +8,16 @@ before export: LLaVA-1.5 reads the second-to-last layer, and the last layer woul
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from edgelmm.errors import ConfigError
+from edgelmm.modeling.vision_encoder import VisionEncoder
 
 OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "image_embeds"
-
-
-class VisionEncoder(nn.Module):
-    """The image half of a LLaVA model, as the language model consumes it."""
-
-    def __init__(self, model) -> None:
-        super().__init__()
-        config = model.config
-        layer = config.vision_feature_layer
-        if not isinstance(layer, int):
-            raise ConfigError("exporting several vision feature layers is not supported")
-        self.tower = copy.deepcopy(model.model.vision_tower)
-        n_layers = len(self.tower.encoder.layers)
-        depth = layer if layer >= 0 else n_layers + 1 + layer  # hidden_states[0] is the embedding output
-        self.tower.encoder.layers = self.tower.encoder.layers[:depth]
-        self.drop_cls = config.vision_feature_select_strategy == "default"
-        self.projector = model.model.multi_modal_projector
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        hidden = self.tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-1]  # (B, P, Dv)
-        if self.drop_cls:
-            hidden = hidden[:, 1:]
-        return self.projector(hidden)  # (B, N, D_lm)
 
 
 @contextlib.contextmanager

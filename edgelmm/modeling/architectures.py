@@ -87,3 +87,13 @@ def vision_arch_of(model_type: str) -> VisionArch:
 def language_arch_of(model_type: str) -> LanguageArch:
     """The registered LM architecture whose configs carry this `model_type`."""
     return _by_model_type(LANGUAGE_ARCHS, model_type)
+
+
+def num_patch_tokens(config) -> int:
+    """Vision tokens per image that reach the projector: the patches, plus CLS when it is kept."""
+    vc = config.vision_config
+    arch = vision_arch_of(vc.model_type)
+    n = (vc.image_size // vc.patch_size) ** 2
+    if arch.has_cls and config.vision_feature_select_strategy == "full":
+        n += 1
+    return n

@@ -67,7 +67,7 @@ def load_checkpoint(path: str | Path, *, dtype=None) -> ModelParts:
     if getattr(model.config, "projector_type", None) is None:
         # A plain transformers folder: its MLP projector keeps one token per patch, whatever the
         # image_seq_length its config carries (a processor-side default).
-        from edgelmm.modeling.config import num_patch_tokens
+        from edgelmm.modeling.architectures import num_patch_tokens
 
         model.config.image_seq_length = num_patch_tokens(model.config)
     processor_file = path / PREPROCESSOR_FILE

@@ -12,16 +12,6 @@ from edgelmm.modeling.architectures import vision_arch_of
 from edgelmm.modeling.projectors import DEFAULT_PROJECTOR, check_projector_args, num_image_tokens
 
 
-def num_patch_tokens(config) -> int:
-    """Vision tokens per image that reach the projector: the patches, plus CLS when it is kept."""
-    vc = config.vision_config
-    arch = vision_arch_of(vc.model_type)
-    n = (vc.image_size // vc.patch_size) ** 2
-    if arch.has_cls and config.vision_feature_select_strategy == "full":
-        n += 1
-    return n
-
-
 def make_llava_config(vision_config, text_config, *, image_token_id: int, projector: str = DEFAULT_PROJECTOR,
                       projector_args: dict | None = None, feature_layer: int = -2,
                       preset: str | None = None):

@@ -22,7 +22,7 @@ import numpy as np
 from edgelmm.errors import UserError
 from edgelmm.imaging import preprocess
 from edgelmm.runtime.backends import backend_class
-from edgelmm.runtime.prompt import IMAGE
+from edgelmm.chat import IMAGE
 
 MODEL_ENV = "EDGELMM_MODEL"
 

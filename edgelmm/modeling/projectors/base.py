@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from edgelmm.errors import ConfigError
+from edgelmm.modeling.architectures import num_patch_tokens
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,6 @@ class ProjectorInput:
 
     @classmethod
     def from_config(cls, config) -> ProjectorInput:
-        from edgelmm.modeling.config import num_patch_tokens
-
         layers = config.vision_feature_layer
         n_layers = 1 if isinstance(layers, int) else len(layers)
         return cls(vision_dim=config.vision_config.hidden_size * n_layers,

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from edgelmm.imaging import ImageSpec
-from edgelmm.runtime.prompt import ChatFormat
+from edgelmm.chat import ChatFormat
 
 
 @runtime_checkable

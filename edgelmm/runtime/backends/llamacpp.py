@@ -18,7 +18,7 @@ from edgelmm.imaging import ImageSpec
 from edgelmm.runtime.calibration import tuned_settings
 from edgelmm.runtime.llama_batch import Sampler, SequenceDecoder
 from edgelmm.runtime.llama_engine import EngineError, EngineSettings, LlamaEngine, default_threads
-from edgelmm.runtime.prompt import ChatFormat
+from edgelmm.chat import ChatFormat
 
 # Hashing reads every byte; above this size a load checks file sizes only and `edgelmm verify`
 # checks the hashes, so a multi-gigabyte model does not pay seconds before its first word.

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgelmm.errors import UserError
-from edgelmm.runtime.prompt import ChatFormat
+from edgelmm.chat import ChatFormat
 
 
 def checkpoint_of(model: str | Path) -> Path:
@@ -74,10 +74,8 @@ class TorchBackend:
         import torch
         from transformers import DynamicCache
 
-        from edgelmm.export.bundle import stop_strings
-        from edgelmm.export.onnx_vision import VisionEncoder
         from edgelmm.modeling import load_checkpoint
-        from edgelmm.tokenizer import IMAGE_TOKEN
+        from edgelmm.modeling.vision_encoder import VisionEncoder
 
         if n_threads:
             torch.set_num_threads(n_threads)
@@ -87,13 +85,12 @@ class TorchBackend:
         self.parts = parts = load_checkpoint(path, dtype=self.dtype)
         parts.model.eval()
         tok = parts.tokenizer
-        self.chat = ChatFormat(template=tok.chat_template, image_placeholder=IMAGE_TOKEN, bos=tok.bos_token,
-                               stop=stop_strings(parts))
+        self.chat = ChatFormat.from_tokenizer(tok, parts.model.generation_config)
         self.image_spec = parts.image_spec
         self.n_ctx = n_ctx or parts.model.config.text_config.max_position_embeddings
         self.size_on_disk = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
         self._vision = VisionEncoder(parts.model).eval()
-        self._ends = {i for i in (tok.eos_token_id, *_as_list(parts.model.generation_config.eos_token_id)) if i is not None}
+        self._ends = set(tok.convert_tokens_to_ids(self.chat.stop))
         self._new_cache = DynamicCache
         self._byte_decoder = _byte_decoder(tok)
         self.truncate(0)
@@ -174,10 +171,6 @@ class TorchBackend:
 
     def close(self) -> None:
         self._cache = None
-
-
-def _as_list(value) -> list:
-    return value if isinstance(value, list) else [value]
 
 
 def _byte_decoder(tokenizer) -> dict[str, int] | None:

@@ -1,0 +1,100 @@
+"""Chat prompts: the one place that renders a conversation with a model's chat template and knows its
+image placeholder and the strings that end an answer.
+
+The template is rendered with Jinja2 configured as transformers' `apply_chat_template` is, so training
+data, evaluation, export and both runtime backends write exactly the same text. A prompt for the
+runtime is a list of pieces: text, and one `IMAGE` marker where the image embeddings enter. A
+`ChatFormat` comes from a bundle's manifest (`from_manifest`) or from a checkpoint's tokenizer
+(`from_tokenizer`), and gives the manifest its prompt (`to_manifest`). Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from edgelmm.bundle_format import Prompt
+
+IMAGE = object()  # the marker for the image embeddings inside a list of prompt pieces
+IMAGE_PLACEHOLDER = "<image>"  # the image's token in edgelmm's tokenizers and chat templates
+END_OF_TEXT = "<|endoftext|>"  # Phi-3's end of a document: also ends an answer where a vocabulary has it
+
+
+def stop_strings(tokenizer, generation_config=None) -> list[str]:
+    """The texts that end an answer: the generation config's EOS tokens, the tokenizer's EOS, and
+    `<|endoftext|>` where the vocabulary has it (llama.cpp ends there too)."""
+    eos = getattr(generation_config, "eos_token_id", None)
+    ids = [*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id]
+    end_of_text = tokenizer.convert_tokens_to_ids(END_OF_TEXT)  # None, or the unknown token's id, if absent
+    if end_of_text is not None and end_of_text != tokenizer.unk_token_id:
+        ids.append(end_of_text)
+    return sorted({tokenizer.convert_ids_to_tokens(i) for i in ids if i is not None})
+
+
+@dataclass
+class ChatFormat:
+    """How one model words a conversation."""
+
+    template: str
+    image_placeholder: str = IMAGE_PLACEHOLDER
+    bos: str | None = None
+    system_prompt: str | None = None
+    stop: list[str] = field(default_factory=list)
+    eos: str | None = None
+
+    @classmethod
+    def from_manifest(cls, prompt) -> ChatFormat:
+        """From a bundle's `bundle_format.Prompt`."""
+        return cls(template=prompt.chat_template, image_placeholder=prompt.image_placeholder, bos=prompt.bos,
+                   system_prompt=prompt.system_prompt, stop=list(prompt.stop), eos=prompt.eos)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, generation_config=None) -> ChatFormat:
+        """From a checkpoint's tokenizer (with `<image>` and a chat template, as edgelmm's are)."""
+        return cls(template=tokenizer.chat_template, bos=tokenizer.bos_token, eos=tokenizer.eos_token,
+                   stop=stop_strings(tokenizer, generation_config))
+
+    def to_manifest(self) -> Prompt:
+        """The bundle manifest's `prompt`."""
+        return Prompt(chat_template=self.template, image_placeholder=self.image_placeholder, bos=self.bos,
+                      stop=list(self.stop), system_prompt=self.system_prompt, eos=self.eos)
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        """Messages ({"role", "content"}) as the template writes them (as `apply_chat_template` does)."""
+        return _compiled(self.template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                               bos_token=self.bos or "", eos_token=self.eos or "")
+
+    def render_text(self, turns: list[tuple[str, str | None]], with_image: bool = True) -> str:
+        """The text of a conversation about one image: (question, answer) turns, the last answer None
+        (the text then ends where the model starts answering). The image precedes the first question."""
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        for k, (question, answer) in enumerate(turns):
+            first = k == 0 and with_image
+            messages.append({"role": "user", "content": f"{self.image_placeholder}\n{question}" if first else question})
+            if answer is not None:
+                messages.append({"role": "assistant", "content": answer})
+        return self.render(messages, add_generation_prompt=turns[-1][1] is None)
+
+    def split(self, text: str) -> list:
+        """The pieces of a rendered text: text before the image, `IMAGE`, text after."""
+        before, found, after = text.partition(self.image_placeholder)
+        if not found:
+            raise ValueError(f"the chat template dropped the image placeholder {self.image_placeholder!r}")
+        return [p for p in (before, IMAGE, after) if p is IMAGE or p]
+
+
+def _raise(message: str):
+    raise ValueError(f"chat template: {message}")
+
+
+@lru_cache(maxsize=8)
+def _compiled(template: str):
+    """The template in a sandbox configured like transformers' `apply_chat_template`, so both render alike."""
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.globals["raise_exception"] = _raise
+    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
+    return env.from_string(template)

@@ -1,0 +1,91 @@
+"""`edgelmm export`, `show`, `verify` and `quantize report`: making and checking bundles."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from edgelmm.cli.app import app
+from edgelmm.errors import UserError
+from edgelmm.quantize.gguf import ALL_TYPES
+from edgelmm.quantize.onnx import VISION_PRECISIONS
+
+
+@app.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
+@click.option("--quant", default="q4_k_m", show_default=True, type=click.Choice(ALL_TYPES),
+              help="Language-model weights.")
+@click.option("--vision", default="fp32", show_default=True, type=click.Choice(VISION_PRECISIONS),
+              help="Vision graph precision.")
+@click.option("--mmproj", is_flag=True,
+              help="Also write the vision tower and projector as llama.cpp's mmproj GGUF (mmproj-f16.gguf).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+def export(checkpoint: str, out: str, quant: str, vision: str, mmproj: bool, force: bool) -> None:
+    """Export CHECKPOINT to a bundle: vision.onnx + the LM as GGUF + edgelmm.json."""
+    from edgelmm.export.bundle import export_bundle
+
+    path = export_bundle(checkpoint, out, quant=quant, vision=vision, mmproj=mmproj, force=force,
+                         log=lambda message: click.echo(message, err=True))
+    click.echo(f"wrote bundle {path}")
+
+
+@app.command()
+@click.argument("bundle", type=click.Path())
+def show(bundle: str) -> None:
+    """Print a readable summary of BUNDLE's manifest."""
+    from edgelmm.bundle_format import load_manifest
+
+    m = load_manifest(bundle)
+    vis, lm, files = m.vision, m.lm, m.files
+    lines = [f"bundle      {bundle} (format {m.format_version}, {m.size / 1e6:.1f} MB)",
+             f"vision      {files['vision'].path} ({vis.precision}, projector {vis.projector}): "
+             f"{vis.input.size}x{vis.input.size} {vis.input.resize} -> {vis.output.tokens} tokens x {vis.output.width}",
+             f"language    {files['lm'].path} ({lm.architecture}, {lm.quant}, context {lm.context_length}, "
+             f"vocabulary {lm.vocab_size})",
+             *([f"mmproj      {files['mmproj'].path} (the vision part for llama.cpp's own multimodal tools)"]
+               if "mmproj" in files else []),
+             f"prompt      image placeholder {m.prompt.image_placeholder}, stops at {', '.join(m.prompt.stop)}",
+             f"generation  max {m.generation.max_tokens} tokens, temperature {m.generation.temperature}",
+             f"made by     edgelmm {m.provenance.edgelmm_version} from {m.provenance.source_checkpoint} "
+             f"at {m.provenance.created}"]
+    click.echo("\n".join(lines))
+
+
+@app.command()
+@click.argument("bundle", type=click.Path())
+@click.pass_context
+def verify(ctx: click.Context, bundle: str) -> None:
+    """Check BUNDLE's file hashes and that ONNX Runtime and llama.cpp open its files."""
+    from edgelmm.export.verify import verify_bundle
+
+    problems = verify_bundle(bundle, verbose=ctx.obj["verbose"])
+    if problems:
+        raise UserError(f"{bundle} failed verification: " + "; ".join(problems))
+    click.echo(f"{bundle}: ok")
+
+
+@app.group()
+def quantize() -> None:
+    """Quantization tools."""
+
+
+@quantize.command("report")
+@click.argument("checkpoint", type=click.Path())
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Eval items whose prompts to use.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Prompts to compare.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the report as JSON.")
+@click.option("--markdown", "md_out", type=click.Path(dir_okay=False), help="Write the report as Markdown.")
+def quantize_report(checkpoint: str, data: str, limit: int, json_out: str | None, md_out: str | None) -> None:
+    """Size, top-1 agreement and KL vs fp32 of every GGUF quantization level of CHECKPOINT."""
+    from edgelmm.fsutil import atomic_write_text
+    from edgelmm.eval.quantization import quantization_report, report_markdown
+
+    report = quantization_report(checkpoint, data, limit=limit, log=lambda m: click.echo(m, err=True))
+    markdown = report_markdown(report)
+    click.echo(markdown)
+    if json_out:
+        atomic_write_text(json_out, json.dumps(report, indent=2))
+    if md_out:
+        atomic_write_text(md_out, markdown + "\n")

@@ -1,0 +1,120 @@
+"""`edgelmm ask`, `edgelmm chat` and `edgelmm calibrate`: answering questions about images."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from edgelmm.cli.app import app
+from edgelmm.errors import UserError
+
+
+DEFAULT_QUESTION = "Describe the image."
+
+
+def _runtime_options(command):
+    """Options shared by `ask` and `chat`."""
+    for option in reversed([
+        click.option("--model", "-m", "model_path", type=click.Path(), help="Bundle folder [default: $EDGELMM_MODEL, "
+                     "else the built-in demo model]."),
+        click.option("--backend", default="auto", show_default=True,
+                     help="llamacpp, torch, or one an installed package adds (auto: llamacpp)."),
+        click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(min=1)),
+        click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0)),
+        click.option("--threads", type=click.IntRange(min=1), help="CPU threads [default: one per physical core]."),
+        click.option("--ctx", "n_ctx", type=click.IntRange(min=16), help="A fixed context in positions [default: "
+                     "sized to the question, growing with a conversation]."),
+        click.option("-v", "--verbose", is_flag=True, help="Show library logs and tracebacks."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _open_model(ctx: click.Context, model_path, backend, threads, n_ctx, verbose):
+    from edgelmm.runtime import load
+
+    ctx.obj["verbose"] = ctx.obj["verbose"] or verbose
+    return load(model_path, backend=backend, n_threads=threads, n_ctx=n_ctx, verbose=ctx.obj["verbose"])
+
+
+@app.command()
+@click.argument("image", type=click.Path())
+@click.argument("question", required=False, default=DEFAULT_QUESTION)
+@_runtime_options
+@click.option("--json", "as_json", is_flag=True, help="Print the answer and timings as JSON.")
+@click.pass_context
+def ask(ctx: click.Context, image: str, question: str, model_path, backend, max_tokens, temperature, threads,
+        n_ctx, verbose, as_json) -> None:
+    """Answer QUESTION about IMAGE (default: "Describe the image."; "-" reads it from stdin)."""
+    if question == "-":
+        question = sys.stdin.read().strip()
+    model = _open_model(ctx, model_path, backend, threads, n_ctx, verbose)
+    if as_json:
+        answer = model.answer(image, question, max_tokens=max_tokens, temperature=temperature)
+        click.echo(json.dumps({**answer.to_dict(), "model": str(model.path), "backend": model.backend.info()}))
+        return
+    for chunk in model.ask(image, question, max_tokens=max_tokens, temperature=temperature, stream=True):
+        click.echo(chunk, nl=False)
+        sys.stdout.flush()
+    click.echo()
+
+
+@app.command()
+@click.argument("image", type=click.Path())
+@_runtime_options
+@click.pass_context
+def chat(ctx: click.Context, image: str, model_path, backend, max_tokens, temperature, threads, n_ctx,
+         verbose) -> None:
+    """A conversation about IMAGE: one question per line; an empty line or end of input stops."""
+    model = _open_model(ctx, model_path, backend, threads, n_ctx, verbose)
+    conversation = model.chat(image)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        click.echo("Ask about the image. An empty line ends the conversation.", err=True)
+    while True:
+        if interactive:
+            click.echo("> ", nl=False, err=True)
+        line = sys.stdin.readline()
+        if not line.strip():
+            return
+        try:
+            for chunk in conversation.ask(line, max_tokens=max_tokens, temperature=temperature, stream=True):
+                click.echo(chunk, nl=False)
+                sys.stdout.flush()
+        except UserError as e:  # a question too long for what is left of the context: say so, go on
+            click.echo(f"error: {e}", err=True)
+        click.echo()
+
+
+@app.command()
+@click.option("--model", "-m", "model_path", type=click.Path(), help="Bundle folder [default: $EDGELMM_MODEL, "
+              "else the built-in demo model].")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads [default: one per physical core].")
+@click.option("--json", "as_json", is_flag=True, help="Print the calibration record as JSON.")
+def calibrate(model_path, threads, as_json) -> None:
+    """Measure llama.cpp's settings for a bundle on this machine (again) and remember the fastest."""
+    from edgelmm.bundle_format import BundleError, load_manifest
+    from edgelmm.runtime.calibration import tuned_settings
+    from edgelmm.runtime.llama_engine import EngineError, EngineSettings, default_threads
+    from edgelmm.runtime.model import default_model
+
+    bundle = Path(model_path) if model_path else default_model()
+    manifest = load_manifest(bundle)
+    try:
+        settings, record = tuned_settings(manifest.path(bundle, "lm"), manifest.file("lm").sha256,
+                                          EngineSettings(n_threads=threads or default_threads()),
+                                          manifest.vision.output.tokens, force=True)
+    except EngineError as e:
+        raise BundleError(f"{bundle}: {e}") from None
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    click.echo(f"{bundle}: {settings.n_threads} threads, {record['image_tokens']} image tokens")
+    for name, figures in record["measured"].items():
+        shown = figures.get("error") or (f"load {figures['load_s']:.2f} s, prefill {figures['prefill_tok_s']:.1f} "
+                                         f"tok/s, decode {figures['decode_tok_s']:.1f} tok/s")
+        click.echo(f"  {name:10} {shown}")
+    click.echo(f"chosen: {'repack' if settings.repack else 'no_repack'}")
