@@ -16,9 +16,9 @@ from edgelmm.registry import Registry
 class Preset:
     name: str
     summary: str
-    vision_arch: str  # a name in edgelmm.modeling.architectures.VISION_ARCHS
+    vision_arch: str  # a name in edgelmm.modeling.vision_towers.VISION_ARCHS
     vision: dict  # vision config arguments (image_size, patch_size, hidden_size, ...)
-    lm_arch: str  # a name in LANGUAGE_ARCHS
+    lm_arch: str  # a name in edgelmm.modeling.lm.LANGUAGE_ARCHS
     lm: dict  # language-model config arguments (hidden_size, num_hidden_layers, vocab_size, ...)
     projector: str = "mlp2x_gelu"
     projector_args: dict = field(default_factory=dict)

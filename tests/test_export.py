@@ -32,39 +32,6 @@ def test_onnx_vision_matches_torch(projector, args, tmp_path):
         assert np.abs(out - ref).max() <= 1e-4
 
 
-def _tiny_lm(arch, monkeypatch):
-    """A tiny model with the given LM architecture (grouped-query attention; Qwen2 with tied embeddings)."""
-    from edgelmm.presets import PRESETS, Preset
-
-    tiny = PRESETS.get("tiny")
-    extra = {"tie_word_embeddings": True} if arch == "qwen2" else {}
-    preset = Preset(f"tiny-{arch}", "test", tiny.vision_arch, tiny.vision, arch,
-                    {**tiny.lm, "num_key_value_heads": 2, **extra})
-    monkeypatch.setitem(PRESETS._items, preset.name, preset)  # registered for this test only
-    torch.manual_seed(0)
-    return build_model(preset.name)
-
-
-@pytest.mark.parametrize("arch", ["phi3", "llama", "qwen2"])
-def test_gguf_f32_logits_and_tokenization_match_torch(arch, tmp_path, monkeypatch):
-    import llama_cpp
-
-    from edgelmm.export.gguf_lm import export_gguf
-
-    parts = _tiny_lm(arch, monkeypatch)
-    path = export_gguf(parts, tmp_path / "lm.gguf", dtype="f32")
-    llm = llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
-    for text in TOKENIZER_CORPUS:
-        assert llm.tokenize(text.encode(), add_bos=False, special=True) == \
-            parts.tokenizer(text, add_special_tokens=False).input_ids, text
-    ids = parts.tokenizer(" ".join(TOKENIZER_CORPUS), add_special_tokens=False).input_ids
-    llm.eval(ids)
-    cpp = np.array(llm.scores[: len(ids)])
-    with torch.no_grad():
-        ref = parts.model(input_ids=torch.tensor([ids])).logits[0].numpy()
-    assert np.abs(cpp - ref).max() <= 1e-3 * max(1.0, np.abs(ref).max())
-
-
 def test_image_embeddings_injected_into_llama_cpp_match_torch(tmp_path):
     """Text tokens, then image embeddings as a float batch, then text: logits equal torch's inputs_embeds."""
     import llama_cpp

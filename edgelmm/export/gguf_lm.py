@@ -1,8 +1,8 @@
 """The language model of a LLaVA checkpoint as a GGUF file that llama.cpp runs.
 
-Tensors are renamed with gguf-py's own tables (the names llama.cpp's converter uses); hyperparameters
-are written per architecture. Llama's q/k projections are permuted into the rotary-embedding layout
-llama.cpp expects (Hugging Face stores them interleaved by halves); Phi-3 and Qwen2 need no change.
+Tensors are renamed with gguf-py's own tables (the names llama.cpp's converter uses); what differs per
+architecture (its GGUF name, any weight layout llama.cpp expects otherwise, as Llama's rotary q/k
+permutation) comes from its module in `modeling/lm/`.
 
 Tensors are streamed: the header and tensor index are written from shapes alone, then each tensor is
 converted and written in turn, so the writer holds one converted tensor at a time, never a second copy
@@ -15,20 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from gguf import GGUFWriter, LlamaFileType, MODEL_ARCH, MODEL_ARCH_NAMES, get_tensor_name_map
 
 from edgelmm.errors import ConfigError
 from edgelmm.export.gguf_tokenizer import add_tokenizer
+from edgelmm.modeling.lm import language_arch_of
 
-GGUF_ARCHS = {"phi3": MODEL_ARCH.PHI3, "llama": MODEL_ARCH.LLAMA, "qwen2": MODEL_ARCH.QWEN2}
 DTYPES = {"f32": (np.float32, LlamaFileType.ALL_F32), "f16": (np.float16, LlamaFileType.MOSTLY_F16)}
-
-
-def _permute_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    """Hugging Face's rotary layout (halves) -> llama.cpp's (interleaved pairs), per head."""
-    out = w.shape[0]
-    return w.reshape(n_head, 2, out // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def lm_tensors(model):
@@ -59,10 +52,7 @@ def _hparams(writer: GGUFWriter, cfg) -> None:
 
 def gguf_arch(text_config) -> MODEL_ARCH:
     """The GGUF architecture of a language-model config, or a ConfigError naming the supported ones."""
-    if text_config.model_type not in GGUF_ARCHS:
-        raise ConfigError(f"cannot export a {text_config.model_type!r} language model to GGUF; supported: "
-                          f"{', '.join(GGUF_ARCHS)}")
-    return GGUF_ARCHS[text_config.model_type]
+    return MODEL_ARCH[language_arch_of(text_config.model_type).gguf_arch]
 
 
 def export_gguf(parts, path: str | Path, dtype: str = "f32", name: str = "edgelmm",
@@ -74,9 +64,9 @@ def export_gguf(parts, path: str | Path, dtype: str = "f32", name: str = "edgelm
     """
     cfg = parts.model.config.text_config
     arch = gguf_arch(cfg)
+    lm_arch = language_arch_of(cfg.model_type)
     np_dtype, file_type = DTYPES[dtype]
     names = get_tensor_name_map(arch, cfg.num_hidden_layers)
-    n_kv = cfg.num_key_value_heads or cfg.num_attention_heads
     writer = GGUFWriter(str(path), MODEL_ARCH_NAMES[arch])
     writer.add_name(name)
     writer.add_file_type(file_type)
@@ -102,11 +92,7 @@ def export_gguf(parts, path: str | Path, dtype: str = "f32", name: str = "edgelm
                 if materialize is None:
                     raise ValueError(f"{hf_name} has no values (meta device) and no materialize function was given")
                 tensor = materialize(hf_name, tensor)
-            t = tensor.detach().float()  # no copy for a float32 model
-            if arch == MODEL_ARCH.LLAMA and hf_name.endswith("q_proj.weight"):
-                t = _permute_rope(t, cfg.num_attention_heads)
-            elif arch == MODEL_ARCH.LLAMA and hf_name.endswith("k_proj.weight"):
-                t = _permute_rope(t, n_kv)
+            t = lm_arch.convert(hf_name, tensor.detach().float(), cfg)  # no copy for a float32 model
             writer.write_tensor_data(t.numpy().astype(out_dtype, copy=False))
     finally:
         writer.close()

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from edgelmm.errors import ConfigError
 from edgelmm.imaging import ImageSpec
-from edgelmm.modeling.architectures import LANGUAGE_ARCHS, VISION_ARCHS, language_arch_of, vision_arch_of
+from edgelmm.modeling.lm import LANGUAGE_ARCHS, language_arch_of
+from edgelmm.modeling.vision_towers import VISION_ARCHS, vision_arch_of
 from edgelmm.modeling.projectors import DEFAULT_PROJECTOR
 from edgelmm.presets import PRESETS, get_preset
 from edgelmm.tokenizer import add_image_token, image_token_id, tokenizer_from_json, train_tokenizer

@@ -67,7 +67,7 @@ def load_checkpoint(path: str | Path, *, dtype=None) -> ModelParts:
     if getattr(model.config, "projector_type", None) is None:
         # A plain transformers folder: its MLP projector keeps one token per patch, whatever the
         # image_seq_length its config carries (a processor-side default).
-        from edgelmm.modeling.architectures import num_patch_tokens
+        from edgelmm.modeling.vision_towers import num_patch_tokens
 
         model.config.image_seq_length = num_patch_tokens(model.config)
     processor_file = path / PREPROCESSOR_FILE
@@ -76,7 +76,7 @@ def load_checkpoint(path: str | Path, *, dtype=None) -> ModelParts:
         spec = processor.get("edgelmm_image_spec")
         image_spec = ImageSpec.from_dict(spec) if spec else ImageSpec.from_hf(processor)
     else:
-        from edgelmm.modeling.architectures import vision_arch_of
+        from edgelmm.modeling.vision_towers import vision_arch_of
 
         vc = model.config.vision_config
         image_spec = vision_arch_of(vc.model_type).image_spec(vc.image_size)

@@ -8,7 +8,7 @@ means the LLaVA-1.5 `mlp2x_gelu` projector.
 from __future__ import annotations
 
 from edgelmm.errors import ConfigError
-from edgelmm.modeling.architectures import vision_arch_of
+from edgelmm.modeling.vision_towers import vision_arch_of
 from edgelmm.modeling.projectors import DEFAULT_PROJECTOR, check_projector_args, num_image_tokens
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from edgelmm.errors import ConfigError
-from edgelmm.modeling.architectures import num_patch_tokens
+from edgelmm.modeling.vision_towers import num_patch_tokens
 
 
 @dataclass(frozen=True)

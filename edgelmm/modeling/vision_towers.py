@@ -1,7 +1,8 @@
-"""The vision towers and language-model architectures edgelmm builds on, by exact name.
+"""The vision towers edgelmm builds on (CLIP, SigLIP), by exact name, and what follows from them: the
+image preprocessing of each family and how many vision tokens reach the projector.
 
 Each entry names a transformers config class; nothing here imports transformers until a config is built,
-so listing names stays cheap.
+so listing names stays cheap. Language models have one module each in `modeling/lm/`.
 """
 
 from __future__ import annotations
@@ -43,20 +44,7 @@ class VisionArch:
         return ImageSpec(size=size, resize=self.resize, mean=self.image_mean, std=self.image_std)
 
 
-@dataclass(frozen=True)
-class LanguageArch:
-    """A causal-LM architecture usable as the LLaVA language model."""
-
-    name: str
-    config_class: str
-    model_type: str
-
-    def make_config(self, **kwargs):
-        return _transformers_class(self.config_class)(**kwargs)
-
-
 VISION_ARCHS: Registry[VisionArch] = Registry("vision tower")
-LANGUAGE_ARCHS: Registry[LanguageArch] = Registry("language-model architecture")
 
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -66,27 +54,13 @@ VISION_ARCHS.add("clip", VisionArch("clip", "CLIPVisionConfig", "CLIPVisionModel
 VISION_ARCHS.add("siglip", VisionArch("siglip", "SiglipVisionConfig", "SiglipVisionModel", "siglip_vision_model", False, "full",
                                       (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "squash"))
 
-LANGUAGE_ARCHS.add("phi3", LanguageArch("phi3", "Phi3Config", "phi3"))
-LANGUAGE_ARCHS.add("llama", LanguageArch("llama", "LlamaConfig", "llama"))
-LANGUAGE_ARCHS.add("qwen2", LanguageArch("qwen2", "Qwen2Config", "qwen2"))
-
-
-def _by_model_type(registry: Registry, model_type: str):
-    for name in registry:
-        if registry.get(name).model_type == model_type:
-            return registry.get(name)
-    supported = ", ".join(registry.get(n).model_type for n in registry)
-    raise ConfigError(f"unsupported {registry.kind} {model_type!r}; supported: {supported}")
-
-
 def vision_arch_of(model_type: str) -> VisionArch:
     """The registered vision family whose configs carry this `model_type`."""
-    return _by_model_type(VISION_ARCHS, model_type)
-
-
-def language_arch_of(model_type: str) -> LanguageArch:
-    """The registered LM architecture whose configs carry this `model_type`."""
-    return _by_model_type(LANGUAGE_ARCHS, model_type)
+    for name in VISION_ARCHS:
+        if VISION_ARCHS.get(name).model_type == model_type:
+            return VISION_ARCHS.get(name)
+    supported = ", ".join(VISION_ARCHS.get(n).model_type for n in VISION_ARCHS)
+    raise ConfigError(f"unsupported {VISION_ARCHS.kind} {model_type!r}; supported: {supported}")
 
 
 def num_patch_tokens(config) -> int:
