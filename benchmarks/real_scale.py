@@ -72,6 +72,8 @@ import sys
 import time
 from pathlib import Path
 
+from edgelmm.bundle_format import MANIFEST, is_bundle, load_manifest
+
 ROOT = Path(__file__).resolve().parent.parent
 QUESTION = "Describe the image."
 DEFAULT_PRESETS = ("llava-qwen2-0.5b", "llava-phi3-mini")
@@ -118,8 +120,6 @@ def paths(work: Path, preset: str) -> dict[str, Path]:
 
 
 def manifest(bundle: Path):
-    from edgelmm.bundle_format import load_manifest
-
     return load_manifest(bundle)
 
 
@@ -139,7 +139,7 @@ def build_files(preset: str, work: Path, quant: str, rebuild: bool) -> dict:
     from edgelmm.modeling.build import preset_summary
 
     p = paths(work, preset)
-    done = {"int8": (p["int8"] / "edgelmm.json").is_file(), "fp32": (p["fp32"] / "edgelmm.json").is_file(),
+    done = {"int8": is_bundle(p["int8"]), "fp32": is_bundle(p["fp32"]),
             "checkpoint": (p["checkpoint"] / "config.json").is_file()}
     if rebuild:
         done = dict.fromkeys(done, False)
@@ -671,7 +671,7 @@ def file_sizes(p: dict[str, Path]) -> dict:
     m = manifest(p["int8"])
     size = lambda bundle, role: bundle_file(bundle, role).stat().st_size  # noqa: E731
     runtime = lambda bundle: sum(e.size for r, e in manifest(bundle).files.items() if r != "mmproj") + \
-        (bundle / "edgelmm.json").stat().st_size  # noqa: E731
+        (bundle / MANIFEST).stat().st_size  # noqa: E731
     return {"lm_gguf": size(p["int8"], "lm"), "mmproj": size(p["int8"], "mmproj"),
             "vision_int8": size(p["int8"], "vision"), "vision_fp32": size(p["fp32"], "vision"),
             "checkpoint": folder_size(p["checkpoint"]),

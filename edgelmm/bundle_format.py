@@ -182,6 +182,11 @@ def resolve_inside(bundle: str | Path, name: str) -> Path:
     return path
 
 
+def is_bundle(path: str | Path) -> bool:
+    """Whether `path` is a folder holding a manifest (a bundle, not a checkpoint)."""
+    return (Path(path) / MANIFEST).is_file()
+
+
 def load_manifest(bundle: str | Path) -> Manifest:
     """The manifest of a bundle folder, validated (not the files' hashes: see `check_files`)."""
     bundle = Path(bundle)

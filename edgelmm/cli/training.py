@@ -127,12 +127,12 @@ def evaluate_command(ctx: click.Context, model_path: str, data: str, backend: st
                      quiet: bool) -> None:
     """Exact-match accuracy per question type and POPE metrics of MODEL on DATA. MODEL is a checkpoint
     (answered in batches by PyTorch) or a bundle (answered by the runtime, with --backend)."""
-    from edgelmm.bundle_format import MANIFEST
+    from edgelmm.bundle_format import is_bundle
     from edgelmm.eval.evaluate import checkpoint_answerer, evaluate, read_eval_items, runtime_answerer
     from edgelmm.fsutil import atomic_write_text
 
     items = read_eval_items(data, limit)
-    if (Path(model_path) / MANIFEST).is_file():
+    if is_bundle(model_path):
         from edgelmm.runtime import load
 
         answer = runtime_answerer(load(model_path, backend=backend, n_threads=threads, verbose=ctx.obj["verbose"]))

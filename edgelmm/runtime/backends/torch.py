@@ -24,10 +24,10 @@ from edgelmm.chat import ChatFormat
 
 def checkpoint_of(model: str | Path) -> Path:
     """A checkpoint folder as given, or the source checkpoint a bundle records."""
-    from edgelmm.bundle_format import MANIFEST, load_manifest
+    from edgelmm.bundle_format import is_bundle, load_manifest
 
     model = Path(model)
-    if (model / MANIFEST).is_file():
+    if is_bundle(model):
         recorded = load_manifest(model).provenance.source_checkpoint
         if recorded is None:
             raise UserError(f"the torch backend needs the checkpoint bundle {model} was exported from; "
