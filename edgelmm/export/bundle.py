@@ -61,6 +61,7 @@ def write_bundle(parts, out: str | Path, *, quant: str = "q4_k_m", vision: str =
     from edgelmm.export.gguf_lm import export_gguf
     from edgelmm.export.mmproj import MMPROJ_FILE, check_mmproj, export_mmproj
     from edgelmm.export.onnx_vision import export_vision_onnx
+    from edgelmm.modeling.config import edgelmm_fields
 
     _check_options(quant, vision)
     check_exportable(parts)
@@ -98,7 +99,7 @@ def write_bundle(parts, out: str | Path, *, quant: str = "q4_k_m", vision: str =
                           input=VisionInput(name="pixel_values", **parts.image_spec.to_dict()),
                           output=VisionOutput(name="image_embeds", tokens=parts.num_image_tokens,
                                               width=config.text_config.hidden_size),
-                          projector=getattr(config, "projector_type", None) or "mlp2x_gelu"),
+                          projector=edgelmm_fields(config).projector),
             lm=LanguageModel(architecture=config.text_config.model_type, quant=quant,
                              context_length=config.text_config.max_position_embeddings,
                              vocab_size=config.text_config.vocab_size),
@@ -106,7 +107,7 @@ def write_bundle(parts, out: str | Path, *, quant: str = "q4_k_m", vision: str =
             generation=Generation(max_tokens=DEFAULT_MAX_TOKENS, temperature=0.0),
             provenance=Provenance(
                 edgelmm_version=__version__, source_checkpoint=str(Path(source).resolve()) if source else None,
-                preset=getattr(config, "edgelmm_preset", None),
+                preset=edgelmm_fields(config).preset,
                 created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")),
         )
         save_manifest(tmp, Manifest.from_dict(manifest.to_dict()))  # validated as a runtime will read it

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgelmm.errors import ConfigError
+from edgelmm.modeling.config import edgelmm_fields
 from edgelmm.modeling.vision_encoder import feature_depth
 
 MMPROJ_FILE = "mmproj-f16.gguf"
@@ -57,7 +58,7 @@ _GELU_ACTS = {"quick_gelu": False, "gelu": True, "gelu_pytorch_tanh": True, "gel
 
 def check_mmproj(parts) -> None:
     config = parts.model.config
-    projector = getattr(config, "projector_type", None) or "mlp2x_gelu"
+    projector = edgelmm_fields(config).projector
     if projector not in LLAMA_CPP_PROJECTORS:
         raise ConfigError(f"llama.cpp has no mmproj layout for the {projector!r} projector; "
                           f"supported: {', '.join(LLAMA_CPP_PROJECTORS)}")
@@ -107,7 +108,7 @@ def export_mmproj(parts, path: str | Path, name: str = "edgelmm") -> Path:
     writer.add_name(name)
     writer.add_file_type(LlamaFileType.MOSTLY_F16)
     writer.add_bool(KEY_HAS_VISION, True)
-    writer.add_string(KEY_PROJECTOR_TYPE, LLAMA_CPP_PROJECTORS[getattr(config, "projector_type", None) or "mlp2x_gelu"])
+    writer.add_string(KEY_PROJECTOR_TYPE, LLAMA_CPP_PROJECTORS[edgelmm_fields(config).projector])
     writer.add_bool(KEY_USE_GELU, _GELU_ACTS[vision.hidden_act])
     writer.add_uint32(VISION + "image_size", vision.image_size)
     writer.add_uint32(VISION + "patch_size", vision.patch_size)

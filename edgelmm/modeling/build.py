@@ -16,8 +16,8 @@ from pathlib import Path
 from edgelmm.errors import ConfigError
 from edgelmm.imaging import ImageSpec
 from edgelmm.modeling.lm import LANGUAGE_ARCHS, language_arch_of
-from edgelmm.modeling.vision_towers import VISION_ARCHS, vision_arch_of
 from edgelmm.modeling.projectors import DEFAULT_PROJECTOR
+from edgelmm.modeling.vision_towers import VISION_ARCHS, vision_arch_of
 from edgelmm.presets import PRESETS, get_preset
 from edgelmm.tokenizer import add_image_token, image_token_id, tokenizer_from_json, train_tokenizer
 
@@ -150,7 +150,7 @@ def build_model(preset: str | None = None, *, vision: str | None = None, llm: st
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgelmm.modeling.config import make_llava_config
+    from edgelmm.modeling.config import make_llava_config, record_trained
     from edgelmm.modeling.llava import EdgeLlavaForConditionalGeneration
     from edgelmm.modeling.projectors import build_projector
 
@@ -191,7 +191,7 @@ def build_model(preset: str | None = None, *, vision: str | None = None, llm: st
     assert not meta, f"parts left uninitialized: {meta[:3]}"
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     # What is already trained, for the training stages' prerequisites (edgelmm.train.stages).
-    config.edgelmm_trained = pretrained
+    record_trained(config, pretrained)
     return ModelParts(model, tokenizer, image_spec)
 
 

@@ -35,6 +35,7 @@ def load_checkpoint(path: str | Path, *, dtype=None) -> ModelParts:
     import torch
     from transformers import AutoTokenizer
 
+    from edgelmm.modeling.config import edgelmm_fields
     from edgelmm.modeling.llava import EdgeLlavaForConditionalGeneration
     from edgelmm.tokenizer import add_image_token
 
@@ -64,7 +65,7 @@ def load_checkpoint(path: str | Path, *, dtype=None) -> ModelParts:
         raise
     except Exception as e:  # safetensors, JSON and shape errors all mean a damaged checkpoint
         raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from None
-    if getattr(model.config, "projector_type", None) is None:
+    if edgelmm_fields(model.config).plain:
         # A plain transformers folder: its MLP projector keeps one token per patch, whatever the
         # image_seq_length its config carries (a processor-side default).
         from edgelmm.modeling.vision_towers import num_patch_tokens

@@ -18,6 +18,7 @@ import torch
 from edgelmm.errors import ConfigError, DataError, UserError
 from edgelmm.fsutil import atomic_write_text
 from edgelmm.modeling import ModelParts, build_model, load_checkpoint, save_checkpoint
+from edgelmm.modeling.config import edgelmm_fields, record_stage
 from edgelmm.presets import get_preset
 from edgelmm.train.engine import complete_checkpoints, is_main_process, run_training
 from edgelmm.train.freeze import set_trainable
@@ -91,14 +92,14 @@ def starting_point(preset: str | None, model: str | None, data, out: Path, seed:
             raise ConfigError("give --preset (start from scratch) or --model (a checkpoint)")
         return fresh_model(preset, data, out, seed)
     parts = load_checkpoint(model)
-    recorded = getattr(parts.model.config, "edgelmm_preset", None)
+    recorded = edgelmm_fields(parts.model.config).preset
     if preset is not None and recorded != preset:
         raise ConfigError(f"checkpoint {model} is of preset {recorded!r}, not {preset!r}")
     return parts
 
 
 def check_prerequisites(stage: Stage, parts: ModelParts) -> None:
-    trained = set(getattr(parts.model.config, "edgelmm_trained", None) or [])
+    trained = set(edgelmm_fields(parts.model.config).trained)
     missing = [need for need in stage.needs if need not in trained]
     if missing:
         providers = [s for s in RECIPE_FROM_SCRATCH if stage_for(s).provides in missing]
@@ -219,10 +220,9 @@ def run_stage(name: str, *, data: str | Path, out: str | Path, preset: str | Non
     if not is_main_process():  # under torchrun / accelerate launch, one process writes the result
         return out / "model"
     config = parts.model.config
-    config.edgelmm_trained = sorted({*(getattr(config, "edgelmm_trained", None) or []), stage.provides})
-    config.edgelmm_stages = [*(getattr(config, "edgelmm_stages", None) or []), stage.name]
+    record_stage(config, stage.name, stage.provides)
     save_checkpoint(parts, out / "model")
-    summary = {"stage": stage.name, "preset": getattr(config, "edgelmm_preset", None), "trains": list(stage.trains),
+    summary = {"stage": stage.name, "preset": edgelmm_fields(config).preset, "trains": list(stage.trains),
                "hyper": stage.hyper.__dict__, "lora": opts.lora, "seconds": round(seconds, 1),
                "metrics": metrics, "data": [str(f) for f in files]}
     atomic_write_text(out / "stage.json", json.dumps(summary, indent=2))
@@ -230,7 +230,7 @@ def run_stage(name: str, *, data: str | Path, out: str | Path, preset: str | Non
 
 
 def _preset_of(parts: ModelParts):
-    name = getattr(parts.model.config, "edgelmm_preset", None)
+    name = edgelmm_fields(parts.model.config).preset
     try:
         return get_preset(name) if name else None
     except UserError:
