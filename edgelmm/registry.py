@@ -38,6 +38,15 @@ class Registry(Generic[T]):
             valid = ", ".join(self._items) or "(none)"
             raise UnknownNameError(f"unknown {self.kind} {name!r}; valid: {valid}") from None
 
+    def find(self, attribute: str, value, error: type[Exception] = UnknownNameError) -> T:
+        """The component whose `attribute` equals `value` (a config's `model_type`, say); else `error`
+        listing the values there are."""
+        for item in self._items.values():
+            if getattr(item, attribute) == value:
+                return item
+        supported = ", ".join(str(getattr(item, attribute)) for item in self._items.values())
+        raise error(f"unsupported {self.kind} {value!r}; supported: {supported}")
+
     def names(self) -> list[str]:
         return list(self._items)
 

@@ -54,13 +54,10 @@ VISION_ARCHS.add("clip", VisionArch("clip", "CLIPVisionConfig", "CLIPVisionModel
 VISION_ARCHS.add("siglip", VisionArch("siglip", "SiglipVisionConfig", "SiglipVisionModel", "siglip_vision_model", False, "full",
                                       (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "squash"))
 
+
 def vision_arch_of(model_type: str) -> VisionArch:
     """The registered vision family whose configs carry this `model_type`."""
-    for name in VISION_ARCHS:
-        if VISION_ARCHS.get(name).model_type == model_type:
-            return VISION_ARCHS.get(name)
-    supported = ", ".join(VISION_ARCHS.get(n).model_type for n in VISION_ARCHS)
-    raise ConfigError(f"unsupported {VISION_ARCHS.kind} {model_type!r}; supported: {supported}")
+    return VISION_ARCHS.find("model_type", model_type, ConfigError)
 
 
 def num_patch_tokens(config) -> int:

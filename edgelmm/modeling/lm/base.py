@@ -43,8 +43,4 @@ LANGUAGE_ARCHS: Registry[LanguageArch] = Registry("language-model architecture")
 
 def language_arch_of(model_type: str) -> LanguageArch:
     """The registered architecture whose configs carry this `model_type`."""
-    for name in LANGUAGE_ARCHS:
-        if LANGUAGE_ARCHS.get(name).model_type == model_type:
-            return LANGUAGE_ARCHS.get(name)
-    supported = ", ".join(LANGUAGE_ARCHS.get(n).model_type for n in LANGUAGE_ARCHS)
-    raise ConfigError(f"unsupported {LANGUAGE_ARCHS.kind} {model_type!r}; supported: {supported}")
+    return LANGUAGE_ARCHS.find("model_type", model_type, ConfigError)
