@@ -66,3 +66,27 @@ def test_pretrained_tokenizer_gets_image_token_and_template():
     assert plain.pad_token == "</s>" and plain.chat_template == CHAT_TEMPLATE
     add_image_token(plain)  # idempotent
     assert len(plain) == n + 1
+
+
+# A Llama-2-style template: it uses bos_token and eos_token, as many third-party templates do.
+LLAMA2_STYLE = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + m['content'] + ' [/INST]' }}"
+                "{% else %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}{% endfor %}")
+
+
+@pytest.mark.parametrize("template", [None, LLAMA2_STYLE])
+def test_chat_module_renders_as_transformers_does(tok, template):
+    """edgelmm.chat renders for training, evaluation, export and the runtime; it must write what the
+    tokenizer's own apply_chat_template writes."""
+    from edgelmm.chat import ChatFormat
+
+    if template:
+        tok = add_image_token(train_tokenizer(["a b c"] * 5, 300))
+        tok.chat_template = template
+    messages = [{"role": "user", "content": f"{IMAGE_TOKEN}\nWhat is it?"}, {"role": "assistant", "content": "A star."},
+                {"role": "user", "content": "And its colour?"}]
+    fmt = ChatFormat.from_tokenizer(tok)
+    for gen in (False, True):
+        assert fmt.render(messages, add_generation_prompt=gen) == \
+            tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+    assert fmt.render_text([("What is it?", "A star."), ("And its colour?", None)]) == \
+        tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -1,5 +1,5 @@
 """The runtime: a bundle (vision.onnx + GGUF + edgelmm.json) answering questions about images."""
 
-from edgelmm.runtime.model import Conversation, Model, load
+from edgelmm.runtime.model import Answer, Conversation, Model, load
 
-__all__ = ["Conversation", "Model", "load"]
+__all__ = ["Answer", "Conversation", "Model", "load"]
