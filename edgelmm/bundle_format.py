@@ -76,6 +76,7 @@ class VisionOutput:
     name: str
     tokens: int = field(metadata=_min(1))
     width: int = field(metadata=_min(1))
+    importance: str | None = None  # a second output: each token's importance (B, N), for dropping tokens
 
 
 @dataclass(frozen=True, kw_only=True)

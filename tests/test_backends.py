@@ -31,7 +31,7 @@ TOY = '''
             self.size_on_disk, self.n_ctx, self.position, self._seen = 0, n_ctx or 512, 0, None
 
         def encode_image(self, pixel_values):
-            return pixel_values.reshape(3, -1).mean(axis=1)[None]  # (1, 3): the mean colour
+            return pixel_values.reshape(3, -1).mean(axis=1)[None], None  # (1, 3): the mean colour
 
         def tokenize(self, text):
             return list(text.encode("utf-8"))

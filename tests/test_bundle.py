@@ -26,7 +26,8 @@ def test_bundle_holds_its_files_and_manifest(bundle):
     manifest = json.loads((bundle / MANIFEST).read_text())
     assert sorted(p.name for p in bundle.iterdir()) == sorted([MANIFEST, "vision.onnx", "lm-q4_k_m.gguf"])
     assert manifest["lm"] == {"architecture": "phi3", "quant": "q4_k_m", "context_length": 512, "vocab_size": 512}
-    assert manifest["vision"]["output"] == {"name": "image_embeds", "tokens": 16, "width": 64}
+    assert manifest["vision"]["output"] == {"name": "image_embeds", "tokens": 16, "width": 64,
+                                          "importance": "image_importance"}
     assert manifest["vision"]["input"]["size"] == 32 and manifest["vision"]["input"]["channel_order"] == "RGB"
     assert manifest["prompt"]["image_placeholder"] == "<image>" and "<|end|>" in manifest["prompt"]["stop"]
     assert "<|end|>" in manifest["prompt"]["chat_template"]

@@ -27,17 +27,22 @@ def _runtime_options(command):
         click.option("--threads", type=click.IntRange(min=1), help="CPU threads [default: one per physical core]."),
         click.option("--ctx", "n_ctx", type=click.IntRange(min=16), help="A fixed context in positions [default: "
                      "sized to the question, growing with a conversation]."),
+        click.option("--image-tokens", type=int, help="Read only this many image tokens, the most important "
+                     "[default: all]."),
+        click.option("--merge", default=0, show_default=True, type=int,
+                     help="Of --image-tokens, how many merge the tokens left out."),
         click.option("-v", "--verbose", is_flag=True, help="Show library logs and tracebacks."),
     ]):
         command = option(command)
     return command
 
 
-def _open_model(ctx: click.Context, model_path, backend, threads, n_ctx, verbose):
+def _open_model(ctx: click.Context, model_path, backend, threads, n_ctx, image_tokens, merge, verbose):
     from edgelmm.runtime import load
 
     ctx.obj["verbose"] = ctx.obj["verbose"] or verbose
-    return load(model_path, backend=backend, n_threads=threads, n_ctx=n_ctx, verbose=ctx.obj["verbose"])
+    return load(model_path, backend=backend, n_threads=threads, n_ctx=n_ctx, image_tokens=image_tokens,
+                merge=merge, verbose=ctx.obj["verbose"])
 
 
 @app.command()
@@ -46,12 +51,11 @@ def _open_model(ctx: click.Context, model_path, backend, threads, n_ctx, verbose
 @_runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Print the answer and timings as JSON.")
 @click.pass_context
-def ask(ctx: click.Context, image: str, question: str, model_path, backend, max_tokens, temperature, threads,
-        n_ctx, verbose, as_json) -> None:
+def ask(ctx: click.Context, image: str, question: str, max_tokens, temperature, as_json, **runtime) -> None:
     """Answer QUESTION about IMAGE (default: "Describe the image."; "-" reads it from stdin)."""
     if question == "-":
         question = sys.stdin.read().strip()
-    model = _open_model(ctx, model_path, backend, threads, n_ctx, verbose)
+    model = _open_model(ctx, **runtime)
     if as_json:
         answer = model.answer(image, question, max_tokens=max_tokens, temperature=temperature)
         click.echo(json.dumps({**answer.to_dict(), "model": str(model.path), "backend": model.backend.info()}))
@@ -66,10 +70,9 @@ def ask(ctx: click.Context, image: str, question: str, model_path, backend, max_
 @click.argument("image", type=click.Path())
 @_runtime_options
 @click.pass_context
-def chat(ctx: click.Context, image: str, model_path, backend, max_tokens, temperature, threads, n_ctx,
-         verbose) -> None:
+def chat(ctx: click.Context, image: str, max_tokens, temperature, **runtime) -> None:
     """A conversation about IMAGE: one question per line; an empty line or end of input stops."""
-    model = _open_model(ctx, model_path, backend, threads, n_ctx, verbose)
+    model = _open_model(ctx, **runtime)
     conversation = model.chat(image)
     interactive = sys.stdin.isatty()
     if interactive:

@@ -60,7 +60,8 @@ def write_bundle(parts, out: str | Path, *, quant: str = "q4_k_m", vision: str =
     """
     from edgelmm.export.gguf_lm import export_gguf
     from edgelmm.export.mmproj import MMPROJ_FILE, check_mmproj, export_mmproj
-    from edgelmm.export.onnx_vision import export_vision_onnx
+    from edgelmm.export.onnx_vision import IMPORTANCE_NAME, OUTPUT_NAME, export_vision_onnx
+    from edgelmm.modeling.vision_encoder import has_token_scores
     from edgelmm.modeling.config import edgelmm_fields
 
     _check_options(quant, vision)
@@ -71,7 +72,8 @@ def write_bundle(parts, out: str | Path, *, quant: str = "q4_k_m", vision: str =
     lm_file = f"lm-{quant}.gguf"
     with atomic_output_dir(out, force) as tmp:
         log("exporting the vision tower and projector to ONNX")
-        exported = export_vision_onnx(parts.model, tmp / "vision-fp32.onnx", parts.image_spec.size)
+        importance = has_token_scores(config)  # per-token scores, where the projector keeps the tokens apart
+        exported = export_vision_onnx(parts.model, tmp / "vision-fp32.onnx", parts.image_spec.size, importance)
         convert_vision(exported, tmp / "vision.onnx", vision)
         exported.unlink()
         if quant in EXPORT_TYPES:
@@ -97,8 +99,9 @@ def write_bundle(parts, out: str | Path, *, quant: str = "q4_k_m", vision: str =
             files=files,
             vision=Vision(precision=vision,
                           input=VisionInput(name="pixel_values", **parts.image_spec.to_dict()),
-                          output=VisionOutput(name="image_embeds", tokens=parts.num_image_tokens,
-                                              width=config.text_config.hidden_size),
+                          output=VisionOutput(name=OUTPUT_NAME, tokens=parts.num_image_tokens,
+                                              width=config.text_config.hidden_size,
+                                              importance=IMPORTANCE_NAME if importance else None),
                           projector=edgelmm_fields(config).projector),
             lm=LanguageModel(architecture=config.text_config.model_type, quant=quant,
                              context_length=config.text_config.max_position_embeddings,

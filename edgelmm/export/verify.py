@@ -43,6 +43,10 @@ def _check_vision(path: Path, spec: Vision) -> list[str]:
     if out_shape[1:] != [spec.output.tokens, spec.output.width]:
         problems.append(f"{path.name} returns shape {out_shape}, the manifest says "
                         f"{spec.output.tokens} x {spec.output.width}")
+    names = [o.name for o in outputs]
+    expected = [spec.output.name] + ([spec.output.importance] if spec.output.importance else [])
+    if names != expected:
+        problems.append(f"{path.name} returns {names}, the manifest says {expected}")
     return problems
 
 

@@ -4,6 +4,11 @@ It computes exactly the features the language model sees: the configured feature
 projector. Layers past the feature layer never influence the output, so they are cut: LLaVA-1.5 reads
 the second-to-last layer, and the last layer would be wasted work. The ONNX export and the torch
 backend both run it.
+
+With `importance`, it also returns how much each image token matters, for dropping the least important
+ones at inference (VisionZip's signal): in the feature layer, the attention the CLS token pays each
+patch (CLIP), or, for towers without CLS (SigLIP), the mean attention each token receives, averaged over
+heads. Only projectors that keep one embedding per patch have per-token scores.
 """
 
 from __future__ import annotations
@@ -25,20 +30,44 @@ def feature_depth(config) -> int:
     return layer if layer >= 0 else n_layers + 1 + layer  # hidden_states[0] is the embedding output
 
 
+def has_token_scores(config) -> bool:
+    """Whether the projector keeps one embedding per vision token, so that tokens have their own scores."""
+    from edgelmm.modeling.projectors import num_image_tokens
+    from edgelmm.modeling.vision_towers import num_patch_tokens
+
+    return num_image_tokens(config) == num_patch_tokens(config)
+
+
 class VisionEncoder(nn.Module):
     """The image half of a LLaVA model, as the language model consumes it."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, importance: bool = False) -> None:
         super().__init__()
         config = model.config
         depth = feature_depth(config)
+        if importance and not has_token_scores(config):
+            raise ConfigError("this projector merges vision tokens, so its image tokens have no importance scores")
         self.tower = copy.deepcopy(model.model.vision_tower)
         self.tower.encoder.layers = self.tower.encoder.layers[:depth]
         self.drop_cls = config.vision_feature_select_strategy == "default"
+        self.has_cls = hasattr(self.tower.embeddings, "class_embedding")
         self.projector = model.model.multi_modal_projector
+        self.importance = importance
+        if importance:
+            self.tower.set_attn_implementation("eager")  # only eager attention returns its weights
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        hidden = self.tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-1]  # (B, P, Dv)
+    def forward(self, pixel_values: torch.Tensor):
+        out = self.tower(pixel_values=pixel_values, output_hidden_states=True, output_attentions=self.importance)
+        hidden = out.hidden_states[-1]  # (B, P, Dv)
         if self.drop_cls:
             hidden = hidden[:, 1:]
-        return self.projector(hidden)  # (B, N, D_lm)
+        embeds = self.projector(hidden)  # (B, N, D_lm)
+        if not self.importance:
+            return embeds
+        attention = out.attentions[-1]  # (B, heads, P, P): the feature layer's
+        if self.has_cls:
+            scores = attention[:, :, 0, :].mean(dim=1)  # (B, P): what CLS attends to
+            scores = scores[:, 1:] if self.drop_cls else scores
+        else:
+            scores = attention.mean(dim=(1, 2))  # (B, P): attention each token receives
+        return embeds, scores  # (B, N, D_lm), (B, N)

@@ -22,6 +22,7 @@ import numpy as np
 from edgelmm.errors import UserError
 from edgelmm.imaging import preprocess
 from edgelmm.runtime.backends import backend_class
+from edgelmm.runtime.token_reduction import check_counts, reduce_tokens
 from edgelmm.chat import IMAGE
 
 MODEL_ENV = "EDGELMM_MODEL"
@@ -35,25 +36,43 @@ def default_model() -> Path:
 
 
 def load(model: str | Path | None = None, *, backend: str = "auto", n_threads: int | None = None,
-         n_ctx: int | None = None, verbose: bool = False, **options) -> Model:
+         n_ctx: int | None = None, image_tokens: int | None = None, merge: int = 0, verbose: bool = False,
+         **options) -> Model:
     """Open a bundle (or, for the torch backend, a checkpoint). None: the bundled demo model.
 
     `n_threads`: CPU threads (default: one per physical core). `n_ctx`: a fixed context (default: sized
-    to what is asked, growing with a conversation). Backend options: `repack` (llamacpp: llama.cpp's
-    weight re-layout on or off; default: what measured fastest on this machine, see `edgelmm calibrate`);
-    `dtype` (torch: "float32", "bfloat16" or "auto").
+    to what is asked, growing with a conversation). `image_tokens`, `merge`: read only the most
+    important image tokens, `merge` of them merged from the rest (default: all; see
+    `runtime.token_reduction`); each question may say otherwise. Backend options: `repack` (llamacpp:
+    llama.cpp's weight re-layout on or off; default: what measured fastest on this machine, see
+    `edgelmm calibrate`); `dtype` (torch: "float32", "bfloat16" or "auto").
     """
     started = time.perf_counter()
     path = Path(model) if model is not None else default_model()
     opened = backend_class(backend)(path, n_threads=n_threads, n_ctx=n_ctx, verbose=verbose, **options)
-    return Model(opened, path, load_seconds=time.perf_counter() - started)
+    return Model(opened, path, load_seconds=time.perf_counter() - started, image_tokens=image_tokens, merge=merge)
 
 
 class ImageEmbeddings:
-    """Encoded image embeddings (N, D); their identity marks their positions in the cache."""
+    """Encoded image embeddings (N, D), with each token's importance (N,) where the model scores them;
+    their identity marks their positions in the cache."""
 
-    def __init__(self, array: np.ndarray) -> None:
+    def __init__(self, array: np.ndarray, importance: np.ndarray | None = None) -> None:
         self.array = np.ascontiguousarray(array, dtype=np.float32)
+        self.importance = importance
+
+    def reduced(self, keep: int | None, merge: int) -> ImageEmbeddings:
+        """The `keep` tokens an answer reads (all when None)."""
+        n = len(self.array)
+        if keep is None or (keep == n and merge == 0):
+            check_counts(n, n if keep is None else keep, 0 if keep is None else merge)
+            return self
+        if self.importance is None:
+            check_counts(n, keep, merge)
+            raise UserError("this model's vision graph gives no token importance (a projector that merges "
+                            "tokens, or a bundle exported before edgelmm scored them): it reads all "
+                            f"{n} image tokens")
+        return ImageEmbeddings(reduce_tokens(self.array, self.importance, keep, merge))
 
     def keys(self) -> list:
         return [(self, k) for k in range(len(self.array))]
@@ -72,6 +91,7 @@ class Timings:
     decode_seconds: float = 0.0
     prompt_tokens: int = 0
     reused_tokens: int = 0
+    image_tokens: int = 0  # image positions the answer read (fewer than the vision graph's with image_tokens=)
 
     @property
     def tokens_per_second(self) -> float:
@@ -103,10 +123,12 @@ class Model:
     """A loaded model. `ask`, `answer` and `chat` are safe to call from several threads (one runs at a
     time); `timings` are the calling thread's last figures."""
 
-    def __init__(self, backend, path: Path, load_seconds: float = 0.0) -> None:
+    def __init__(self, backend, path: Path, load_seconds: float = 0.0, image_tokens: int | None = None,
+                 merge: int = 0) -> None:
         self.backend = backend
         self.path = path
         self.load_seconds = load_seconds
+        self.image_tokens, self.merge = image_tokens, merge  # defaults for every question
         self._lock = threading.RLock()
         self._cached: list = []  # the keys the backend's cache holds, in order
         self._local = threading.local()  # each thread's last timings
@@ -136,29 +158,34 @@ class Model:
             return ImageEmbeddings(image)
         started = time.perf_counter()
         with self._lock:  # decoding too: Pillow's limits are process-wide settings
-            embeds = self.backend.encode_image(preprocess(image, self.backend.image_spec))
+            embeds, importance = self.backend.encode_image(preprocess(image, self.backend.image_spec))
         timings.image_encode = time.perf_counter() - started
-        return ImageEmbeddings(embeds)
+        return ImageEmbeddings(embeds, importance)
 
     # ---- questions -------------------------------------------------------------------------------
 
     def ask(self, image, question: str, *, max_tokens: int = 256, temperature: float = 0.0, stream: bool = False,
-            seed: int = 0):
+            seed: int = 0, image_tokens: int | None = None, merge: int | None = None):
         """The answer to one question about `image` (a path, bytes, PIL image, HxWx3 uint8 array or
-        embeddings from `encode_image`): a str, or an iterator of text chunks when `stream`."""
-        return self.chat(image).ask(question, max_tokens=max_tokens, temperature=temperature, stream=stream,
-                                    seed=seed)
+        embeddings from `encode_image`): a str, or an iterator of text chunks when `stream`.
+        `image_tokens`/`merge` override the model's (see `load`)."""
+        return self.chat(image, image_tokens=image_tokens, merge=merge).ask(
+            question, max_tokens=max_tokens, temperature=temperature, stream=stream, seed=seed)
 
-    def answer(self, image, question: str, *, max_tokens: int = 256, temperature: float = 0.0,
-               seed: int = 0) -> Answer:
+    def answer(self, image, question: str, *, max_tokens: int = 256, temperature: float = 0.0, seed: int = 0,
+               image_tokens: int | None = None, merge: int | None = None) -> Answer:
         """Like `ask`, returning the `Answer`: the text with this answer's own timings."""
-        return self.chat(image).answer(question, max_tokens=max_tokens, temperature=temperature, seed=seed)
+        return self.chat(image, image_tokens=image_tokens, merge=merge).answer(
+            question, max_tokens=max_tokens, temperature=temperature, seed=seed)
 
-    def chat(self, image) -> Conversation:
+    def chat(self, image, *, image_tokens: int | None = None, merge: int | None = None) -> Conversation:
         """A conversation about one image. The image is encoded here, once, and read into the cache, so
         that a question asked later (while a user speaks it, say) waits only for its own tokens."""
         timings = self._new_timings()
-        conversation = Conversation(self, self._embeddings(image, timings), _image_timings=timings)
+        keep = image_tokens if image_tokens is not None else self.image_tokens
+        embeds = self._embeddings(image, timings).reduced(keep, merge if merge is not None else self.merge)
+        timings.image_tokens = len(embeds.array)
+        conversation = Conversation(self, embeds, _image_timings=timings)
         with self._lock:
             started = time.perf_counter()
             self._prefill(conversation.image_keys(), timings)

@@ -33,8 +33,9 @@ class Backend(Protocol):
     def position(self) -> int:
         """Positions decoded so far."""
 
-    def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
-        """(3, H, W) float32 pixels -> (N, D) embeddings as the language model reads them."""
+    def encode_image(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(3, H, W) float32 pixels -> (N, D) embeddings as the language model reads them, and each
+        token's importance (N,), or None where the model has no per-token scores."""
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids of `text`, special tokens parsed, nothing added."""

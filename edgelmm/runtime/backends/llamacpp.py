@@ -93,8 +93,9 @@ class LlamaCppBackend:
         """Grow the context (keeping the cache) to hold `n_positions`, up to the model's limit."""
         self.llm.ensure_context(min(n_positions, self.llm.max_ctx))
 
-    def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
-        return self.vision.run(None, {self._vision_input: pixel_values[None]})[0][0]
+    def encode_image(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        outputs = self.vision.run(None, {self._vision_input: pixel_values[None]})
+        return outputs[0][0], (outputs[1][0] if self.manifest.vision.output.importance else None)
 
     def tokenize(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)

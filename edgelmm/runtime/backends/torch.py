@@ -75,7 +75,7 @@ class TorchBackend:
         from transformers import DynamicCache
 
         from edgelmm.modeling import load_checkpoint
-        from edgelmm.modeling.vision_encoder import VisionEncoder
+        from edgelmm.modeling.vision_encoder import VisionEncoder, has_token_scores
 
         if n_threads:
             torch.set_num_threads(n_threads)
@@ -89,17 +89,20 @@ class TorchBackend:
         self.image_spec = parts.image_spec
         self.n_ctx = n_ctx or parts.model.config.text_config.max_position_embeddings
         self.size_on_disk = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-        self._vision = VisionEncoder(parts.model).eval()
+        self._vision = VisionEncoder(parts.model, importance=has_token_scores(parts.model.config)).eval()
         self._ends = set(tok.convert_tokens_to_ids(self.chat.stop))
         self._new_cache = DynamicCache
         self._byte_decoder = _byte_decoder(tok)
         self.truncate(0)
 
-    def encode_image(self, pixel_values: np.ndarray) -> np.ndarray:
+    def encode_image(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
 
         with torch.no_grad():
-            return self._vision(torch.from_numpy(pixel_values)[None].to(self.dtype))[0].float().numpy()
+            out = self._vision(torch.from_numpy(pixel_values)[None].to(self.dtype))
+        if self._vision.importance:
+            return out[0][0].float().numpy(), out[1][0].float().numpy()
+        return out[0].float().numpy(), None
 
     def tokenize(self, text: str) -> list[int]:
         return self.parts.tokenizer(text, add_special_tokens=False).input_ids
