@@ -99,7 +99,7 @@ def test_cli_calibrate_measures_again_and_ask_takes_a_fixed_context(bundle, stor
     from test_runtime import run_cli
 
     code, out, err = run_cli(capfd, monkeypatch, "calibrate", "-m", bundle, "--threads", 1, "--json")
-    record = json.loads(out)
+    record = json.loads(out)["settings"]
     assert code == 0 and set(record["measured"]) == {"repack", "no_repack"}
     assert store.get(store_key(_sha(bundle), 1)) == record
     image = bundle.parent / "photo.png"

@@ -31,18 +31,23 @@ def _runtime_options(command):
                      "[default: all]."),
         click.option("--merge", default=0, show_default=True, type=int,
                      help="Of --image-tokens, how many merge the tokens left out."),
+        click.option("--ttft-budget", type=float, help="Seconds to the first word: read the most image tokens "
+                     "that fit (measured on this machine at first use)."),
         click.option("-v", "--verbose", is_flag=True, help="Show library logs and tracebacks."),
     ]):
         command = option(command)
     return command
 
 
-def _open_model(ctx: click.Context, model_path, backend, threads, n_ctx, image_tokens, merge, verbose):
+def _open_model(ctx: click.Context, model_path, backend, threads, n_ctx, image_tokens, merge, ttft_budget, verbose):
     from edgelmm.runtime import load
+    from edgelmm.runtime.latency import check_budget
 
     ctx.obj["verbose"] = ctx.obj["verbose"] or verbose
+    if ttft_budget is not None:
+        check_budget(ttft_budget)  # before loading the model
     return load(model_path, backend=backend, n_threads=threads, n_ctx=n_ctx, image_tokens=image_tokens,
-                merge=merge, verbose=ctx.obj["verbose"])
+                merge=merge, ttft_budget=ttft_budget, verbose=ctx.obj["verbose"])
 
 
 @app.command()
@@ -96,28 +101,51 @@ def chat(ctx: click.Context, image: str, max_tokens, temperature, **runtime) -> 
 @click.option("--model", "-m", "model_path", type=click.Path(), help="Bundle folder [default: $EDGELMM_MODEL, "
               "else the built-in demo model].")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads [default: one per physical core].")
-@click.option("--json", "as_json", is_flag=True, help="Print the calibration record as JSON.")
-def calibrate(model_path, threads, as_json) -> None:
-    """Measure llama.cpp's settings for a bundle on this machine (again) and remember the fastest."""
+@click.option("--show", is_flag=True, help="Print what this machine has stored for the bundle; measure nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
+def calibrate(model_path, threads, show, as_json) -> None:
+    """Measure how llama.cpp runs a bundle on this machine and how long its first word takes for each
+    number of image tokens (for --ttft-budget); remember both."""
     from edgelmm.bundle_format import BundleError, load_manifest
-    from edgelmm.runtime.calibration import tuned_settings
+    from edgelmm.runtime.calibration import CalibrationStore, store_key, tuned_settings
+    from edgelmm.runtime.latency import LatencyModel, bundle_id, latency_for, latency_key
     from edgelmm.runtime.llama_engine import EngineError, EngineSettings, default_threads
-    from edgelmm.runtime.model import default_model
+    from edgelmm.runtime.model import default_model, load
 
     bundle = Path(model_path) if model_path else default_model()
     manifest = load_manifest(bundle)
-    try:
-        settings, record = tuned_settings(manifest.path(bundle, "lm"), manifest.file("lm").sha256,
-                                          EngineSettings(n_threads=threads or default_threads()),
-                                          manifest.vision.output.tokens, force=True)
-    except EngineError as e:
-        raise BundleError(f"{bundle}: {e}") from None
+    threads = threads or default_threads()
+    store = CalibrationStore()
+    scored = manifest.vision.output.importance is not None
+    if show:
+        settings = store.get(store_key(manifest.file("lm").sha256, threads))
+        latency = store.get(latency_key("llamacpp", bundle_id(manifest), threads))
+        latency = LatencyModel(**latency) if latency else None
+    else:
+        try:
+            _, settings = tuned_settings(manifest.path(bundle, "lm"), manifest.file("lm").sha256,
+                                         EngineSettings(n_threads=threads), manifest.vision.output.tokens, force=True)
+        except EngineError as e:
+            raise BundleError(f"{bundle}: {e}") from None
+        latency = latency_for(load(bundle, n_threads=threads), force=True) if scored else None
     if as_json:
-        click.echo(json.dumps(record, indent=2))
+        click.echo(json.dumps({"settings": settings, "latency": latency and latency.__dict__}, indent=2))
         return
-    click.echo(f"{bundle}: {settings.n_threads} threads, {record['image_tokens']} image tokens")
-    for name, figures in record["measured"].items():
-        shown = figures.get("error") or (f"load {figures['load_s']:.2f} s, prefill {figures['prefill_tok_s']:.1f} "
-                                         f"tok/s, decode {figures['decode_tok_s']:.1f} tok/s")
-        click.echo(f"  {name:10} {shown}")
-    click.echo(f"chosen: {'repack' if settings.repack else 'no_repack'}")
+    click.echo(f"{bundle}: {threads} threads, {manifest.vision.output.tokens} image tokens")
+    if settings is None:
+        click.echo("  llama.cpp settings: not measured yet")
+    else:
+        for name, figures in settings["measured"].items():
+            shown = figures.get("error") or (f"load {figures['load_s']:.2f} s, prefill {figures['prefill_tok_s']:.1f} "
+                                             f"tok/s, decode {figures['decode_tok_s']:.1f} tok/s")
+            click.echo(f"  {name:10} {shown}")
+        click.echo(f"  chosen: {'repack' if settings['repack'] else 'no_repack'}")
+    if not scored:
+        click.echo("  time to first token: fixed (the vision graph gives no token scores: all tokens are read)")
+    elif latency is None:
+        click.echo("  time to first token: not measured yet")
+    else:
+        click.echo("  image tokens  predicted time to first token")
+        n = latency.tokens
+        for k in sorted({n, max(1, n // 2), max(1, n // 4), max(1, n // 8), 1}, reverse=True):
+            click.echo(f"  {k:>12}  {latency.predict(k):.2f} s")

@@ -36,21 +36,24 @@ def default_model() -> Path:
 
 
 def load(model: str | Path | None = None, *, backend: str = "auto", n_threads: int | None = None,
-         n_ctx: int | None = None, image_tokens: int | None = None, merge: int = 0, verbose: bool = False,
-         **options) -> Model:
+         n_ctx: int | None = None, image_tokens: int | None = None, merge: int = 0,
+         ttft_budget: float | None = None, verbose: bool = False, **options) -> Model:
     """Open a bundle (or, for the torch backend, a checkpoint). None: the bundled demo model.
 
     `n_threads`: CPU threads (default: one per physical core). `n_ctx`: a fixed context (default: sized
     to what is asked, growing with a conversation). `image_tokens`, `merge`: read only the most
     important image tokens, `merge` of them merged from the rest (default: all; see
-    `runtime.token_reduction`); each question may say otherwise. Backend options: `repack` (llamacpp:
+    `runtime.token_reduction`); `ttft_budget`: seconds to the first word, for which the most image tokens
+    that fit are read (measured once per machine, see `runtime.latency`); each question may say
+    otherwise. Backend options: `repack` (llamacpp:
     llama.cpp's weight re-layout on or off; default: what measured fastest on this machine, see
     `edgelmm calibrate`); `dtype` (torch: "float32", "bfloat16" or "auto").
     """
     started = time.perf_counter()
     path = Path(model) if model is not None else default_model()
     opened = backend_class(backend)(path, n_threads=n_threads, n_ctx=n_ctx, verbose=verbose, **options)
-    return Model(opened, path, load_seconds=time.perf_counter() - started, image_tokens=image_tokens, merge=merge)
+    return Model(opened, path, load_seconds=time.perf_counter() - started, image_tokens=image_tokens, merge=merge,
+                 ttft_budget=ttft_budget)
 
 
 class ImageEmbeddings:
@@ -124,11 +127,11 @@ class Model:
     time); `timings` are the calling thread's last figures."""
 
     def __init__(self, backend, path: Path, load_seconds: float = 0.0, image_tokens: int | None = None,
-                 merge: int = 0) -> None:
+                 merge: int = 0, ttft_budget: float | None = None) -> None:
         self.backend = backend
         self.path = path
         self.load_seconds = load_seconds
-        self.image_tokens, self.merge = image_tokens, merge  # defaults for every question
+        self.image_tokens, self.merge, self.ttft_budget = image_tokens, merge, ttft_budget  # every question's
         self._lock = threading.RLock()
         self._cached: list = []  # the keys the backend's cache holds, in order
         self._local = threading.local()  # each thread's last timings
@@ -165,22 +168,28 @@ class Model:
     # ---- questions -------------------------------------------------------------------------------
 
     def ask(self, image, question: str, *, max_tokens: int = 256, temperature: float = 0.0, stream: bool = False,
-            seed: int = 0, image_tokens: int | None = None, merge: int | None = None):
+            seed: int = 0, **reading):
         """The answer to one question about `image` (a path, bytes, PIL image, HxWx3 uint8 array or
         embeddings from `encode_image`): a str, or an iterator of text chunks when `stream`.
-        `image_tokens`/`merge` override the model's (see `load`)."""
-        return self.chat(image, image_tokens=image_tokens, merge=merge).ask(
-            question, max_tokens=max_tokens, temperature=temperature, stream=stream, seed=seed)
+        `image_tokens`, `merge`, `ttft_budget` override the model's (see `load`)."""
+        return self.chat(image, **reading).ask(question, max_tokens=max_tokens, temperature=temperature,
+                                                stream=stream, seed=seed)
 
     def answer(self, image, question: str, *, max_tokens: int = 256, temperature: float = 0.0, seed: int = 0,
-               image_tokens: int | None = None, merge: int | None = None) -> Answer:
+               **reading) -> Answer:
         """Like `ask`, returning the `Answer`: the text with this answer's own timings."""
-        return self.chat(image, image_tokens=image_tokens, merge=merge).answer(
-            question, max_tokens=max_tokens, temperature=temperature, seed=seed)
+        return self.chat(image, **reading).answer(question, max_tokens=max_tokens, temperature=temperature,
+                                                  seed=seed)
 
-    def chat(self, image, *, image_tokens: int | None = None, merge: int | None = None) -> Conversation:
+    def chat(self, image, *, image_tokens: int | None = None, merge: int | None = None,
+             ttft_budget: float | None = None) -> Conversation:
         """A conversation about one image. The image is encoded here, once, and read into the cache, so
         that a question asked later (while a user speaks it, say) waits only for its own tokens."""
+        budget = ttft_budget if ttft_budget is not None else self.ttft_budget
+        if budget is not None and image_tokens is None:
+            from edgelmm.runtime.latency import tokens_for_budget
+
+            image_tokens = tokens_for_budget(self, budget)  # measured on first use
         timings = self._new_timings()
         keep = image_tokens if image_tokens is not None else self.image_tokens
         embeds = self._embeddings(image, timings).reduced(keep, merge if merge is not None else self.merge)
