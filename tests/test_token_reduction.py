@@ -1,6 +1,8 @@
 """Fewer image tokens: the exported graph scores tokens as the torch model does, both backends keep the
 same ones, answers read only those, and bad counts are one clear error."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -111,3 +113,34 @@ def test_a_projector_that_merges_tokens_has_no_scores(tmp_path):
     assert model.answer(image, "What is it?", max_tokens=2, image_tokens=4).timings.image_tokens == 4  # all of them
     with pytest.raises(UserError, match="gives no token importance"):
         model.ask(image, "What is it?", image_tokens=2)
+
+
+def test_eval_reads_fewer_tokens_with_either_selection(checkpoint, scenes_dir, tmp_path, capsys, monkeypatch):
+    from edgelmm.export.bundle import export_bundle
+    from test_runtime import run_cli
+
+    bundle = export_bundle(checkpoint, tmp_path / "b", quant="f32")
+    data = scenes_dir / "eval.json"
+    reports = {}
+    for name, extra in {"all": [], "half": ["--image-tokens", 8], "random": ["--image-tokens", 8, "--selection", "random"]}.items():
+        out = tmp_path / f"{name}.json"
+        code, _, err = run_cli(capsys, monkeypatch, "eval", bundle, "--data", data, "--limit", 24, "--threads", 1,
+                               "--json", out, "-q", *extra)
+        assert code == 0, err
+        reports[name] = json.loads(out.read_text())
+    assert all(r["n"] == 24 for r in reports.values())
+    code, _, err = run_cli(capsys, monkeypatch, "eval", checkpoint, "--data", data, "--image-tokens", 8)
+    assert code == 2 and "applies to bundles" in err
+    code, _, err = run_cli(capsys, monkeypatch, "eval", bundle, "--data", data, "--image-tokens", 99)
+    assert code == 2 and "from 1 to 16" in err
+
+
+def test_the_random_control_keeps_other_tokens_each_image():
+    from edgelmm.runtime.model import ImageEmbeddings
+
+    embeds = ImageEmbeddings(np.arange(32, dtype=np.float32).reshape(16, 2), importance=np.arange(16.0))
+    best = embeds.reduced(4, 0).array
+    assert best.tolist() == embeds.array[12:].tolist()
+    draws = [embeds.reduced(4, 0, "random", seed).array.tolist() for seed in range(3)]
+    assert best.tolist() not in draws and draws[0] != draws[1]
+    assert embeds.reduced(4, 0, "random", 0).array.tolist() == draws[0]  # a run repeats

@@ -119,12 +119,16 @@ def recipe(preset: str, **kw) -> None:
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
               help="Questions per batch (checkpoints).")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads (bundles).")
+@click.option("--image-tokens", type=int, help="Bundles: read only this many image tokens [default: all].")
+@click.option("--merge", default=0, show_default=True, type=int, help="Bundles: of those, merged ones.")
+@click.option("--selection", default="importance", show_default=True, type=click.Choice(["importance", "random"]),
+              help="Bundles: which image tokens are kept (random: the control).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Write the full report here.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.pass_context
 def evaluate_command(ctx: click.Context, model_path: str, data: str, backend: str, image_folder: str | None,
-                     limit: int | None, batch_size: int, threads: int | None, json_out: str | None,
-                     quiet: bool) -> None:
+                     limit: int | None, batch_size: int, threads: int | None, image_tokens: int | None,
+                     merge: int, selection: str, json_out: str | None, quiet: bool) -> None:
     """Exact-match accuracy per question type and POPE metrics of MODEL on DATA. MODEL is a checkpoint
     (answered in batches by PyTorch) or a bundle (answered by the runtime, with --backend)."""
     from edgelmm.bundle_format import is_bundle
@@ -135,8 +139,11 @@ def evaluate_command(ctx: click.Context, model_path: str, data: str, backend: st
     if is_bundle(model_path):
         from edgelmm.runtime import load
 
-        answer = runtime_answerer(load(model_path, backend=backend, n_threads=threads, verbose=ctx.obj["verbose"]))
+        answer = runtime_answerer(load(model_path, backend=backend, n_threads=threads, image_tokens=image_tokens,
+                                       merge=merge, selection=selection, verbose=ctx.obj["verbose"]))
     else:
+        if image_tokens is not None:
+            raise UserError("--image-tokens applies to bundles (the runtime); export the checkpoint first")
         if backend not in ("auto", "torch"):
             raise UserError(f"{model_path} is a checkpoint, which only the torch backend runs; export it to a "
                             "bundle for the others")

@@ -22,7 +22,7 @@ import numpy as np
 from edgelmm.errors import UserError
 from edgelmm.imaging import preprocess
 from edgelmm.runtime.backends import backend_class
-from edgelmm.runtime.token_reduction import check_counts, reduce_tokens
+from edgelmm.runtime.token_reduction import check_counts, check_selection, reduce_tokens
 from edgelmm.chat import IMAGE
 
 MODEL_ENV = "EDGELMM_MODEL"
@@ -37,7 +37,8 @@ def default_model() -> Path:
 
 def load(model: str | Path | None = None, *, backend: str = "auto", n_threads: int | None = None,
          n_ctx: int | None = None, image_tokens: int | None = None, merge: int = 0,
-         ttft_budget: float | None = None, verbose: bool = False, **options) -> Model:
+         ttft_budget: float | None = None, selection: str = "importance", verbose: bool = False,
+         **options) -> Model:
     """Open a bundle (or, for the torch backend, a checkpoint). None: the bundled demo model.
 
     `n_threads`: CPU threads (default: one per physical core). `n_ctx`: a fixed context (default: sized
@@ -45,15 +46,19 @@ def load(model: str | Path | None = None, *, backend: str = "auto", n_threads: i
     important image tokens, `merge` of them merged from the rest (default: all; see
     `runtime.token_reduction`); `ttft_budget`: seconds to the first word, for which the most image tokens
     that fit are read (measured once per machine, see `runtime.latency`); each question may say
-    otherwise. Backend options: `repack` (llamacpp:
+    otherwise. `selection="random"` keeps random tokens instead of the most important, drawn afresh for
+    each image from seeds counted from 0 (a run repeats): the control that measures what the scores
+    carry. Backend options: `repack` (llamacpp:
     llama.cpp's weight re-layout on or off; default: what measured fastest on this machine, see
     `edgelmm calibrate`); `dtype` (torch: "float32", "bfloat16" or "auto").
     """
     started = time.perf_counter()
     path = Path(model) if model is not None else default_model()
     opened = backend_class(backend)(path, n_threads=n_threads, n_ctx=n_ctx, verbose=verbose, **options)
-    return Model(opened, path, load_seconds=time.perf_counter() - started, image_tokens=image_tokens, merge=merge,
-                 ttft_budget=ttft_budget)
+    model = Model(opened, path, load_seconds=time.perf_counter() - started, image_tokens=image_tokens, merge=merge,
+                  ttft_budget=ttft_budget)
+    model.selection = check_selection(selection)
+    return model
 
 
 class ImageEmbeddings:
@@ -64,7 +69,7 @@ class ImageEmbeddings:
         self.array = np.ascontiguousarray(array, dtype=np.float32)
         self.importance = importance
 
-    def reduced(self, keep: int | None, merge: int) -> ImageEmbeddings:
+    def reduced(self, keep: int | None, merge: int, selection: str = "importance", seed: int = 0) -> ImageEmbeddings:
         """The `keep` tokens an answer reads (all when None)."""
         n = len(self.array)
         if keep is None or (keep == n and merge == 0):
@@ -75,7 +80,8 @@ class ImageEmbeddings:
             raise UserError("this model's vision graph gives no token importance (a projector that merges "
                             "tokens, or a bundle exported before edgelmm scored them): it reads all "
                             f"{n} image tokens")
-        return ImageEmbeddings(reduce_tokens(self.array, self.importance, keep, merge))
+        scores = self.importance if selection == "importance" else np.random.default_rng(seed).random(n)
+        return ImageEmbeddings(reduce_tokens(self.array, scores, keep, merge))
 
     def keys(self) -> list:
         return [(self, k) for k in range(len(self.array))]
@@ -132,6 +138,8 @@ class Model:
         self.path = path
         self.load_seconds = load_seconds
         self.image_tokens, self.merge, self.ttft_budget = image_tokens, merge, ttft_budget  # every question's
+        self.selection = "importance"
+        self._selection_seed = 0
         self._lock = threading.RLock()
         self._cached: list = []  # the keys the backend's cache holds, in order
         self._local = threading.local()  # each thread's last timings
@@ -192,7 +200,9 @@ class Model:
             image_tokens = tokens_for_budget(self, budget)  # measured on first use
         timings = self._new_timings()
         keep = image_tokens if image_tokens is not None else self.image_tokens
-        embeds = self._embeddings(image, timings).reduced(keep, merge if merge is not None else self.merge)
+        embeds = self._embeddings(image, timings).reduced(keep, merge if merge is not None else self.merge,
+                                                          self.selection, self._selection_seed)
+        self._selection_seed += 1  # a new random draw per image for the random control
         timings.image_tokens = len(embeds.array)
         conversation = Conversation(self, embeds, _image_timings=timings)
         with self._lock:

@@ -25,6 +25,15 @@ def check_counts(n: int, keep: int, merge: int = 0) -> None:
                         f"tokens), not {merge!r}")
 
 
+SELECTIONS = ("importance", "random")  # random: the control that shows what the scores carry
+
+
+def check_selection(selection: str) -> str:
+    if selection not in SELECTIONS:
+        raise UserError(f"unknown token selection {selection!r}; valid: {', '.join(SELECTIONS)}")
+    return selection
+
+
 def select(importance: np.ndarray, count: int) -> np.ndarray:
     """Indices of the `count` most important tokens, in their original order (ties: the earlier token)."""
     order = np.lexsort((np.arange(len(importance)), -np.asarray(importance, dtype=np.float64)))
