@@ -22,6 +22,7 @@ import numpy as np
 from edgelmm.errors import UserError
 from edgelmm.imaging import preprocess
 from edgelmm.runtime.backends import backend_class
+from edgelmm.runtime.latency import tokens_for_budget
 from edgelmm.runtime.token_reduction import check_counts, check_selection, reduce_tokens
 from edgelmm.chat import IMAGE
 
@@ -55,10 +56,8 @@ def load(model: str | Path | None = None, *, backend: str = "auto", n_threads: i
     started = time.perf_counter()
     path = Path(model) if model is not None else default_model()
     opened = backend_class(backend)(path, n_threads=n_threads, n_ctx=n_ctx, verbose=verbose, **options)
-    model = Model(opened, path, load_seconds=time.perf_counter() - started, image_tokens=image_tokens, merge=merge,
-                  ttft_budget=ttft_budget)
-    model.selection = check_selection(selection)
-    return model
+    return Model(opened, path, load_seconds=time.perf_counter() - started, image_tokens=image_tokens, merge=merge,
+                 ttft_budget=ttft_budget, selection=selection)
 
 
 class ImageEmbeddings:
@@ -133,13 +132,13 @@ class Model:
     time); `timings` are the calling thread's last figures."""
 
     def __init__(self, backend, path: Path, load_seconds: float = 0.0, image_tokens: int | None = None,
-                 merge: int = 0, ttft_budget: float | None = None) -> None:
+                 merge: int = 0, ttft_budget: float | None = None, selection: str = "importance") -> None:
         self.backend = backend
         self.path = path
         self.load_seconds = load_seconds
         self.image_tokens, self.merge, self.ttft_budget = image_tokens, merge, ttft_budget  # every question's
-        self.selection = "importance"
-        self._selection_seed = 0
+        self.selection = check_selection(selection)
+        self._selection_seed = 0  # counts images, for the random control's draws
         self._lock = threading.RLock()
         self._cached: list = []  # the keys the backend's cache holds, in order
         self._local = threading.local()  # each thread's last timings
@@ -195,8 +194,6 @@ class Model:
         that a question asked later (while a user speaks it, say) waits only for its own tokens."""
         budget = ttft_budget if ttft_budget is not None else self.ttft_budget
         if budget is not None and image_tokens is None:
-            from edgelmm.runtime.latency import tokens_for_budget
-
             image_tokens = tokens_for_budget(self, budget)  # measured on first use
         timings = self._new_timings()
         keep = image_tokens if image_tokens is not None else self.image_tokens
