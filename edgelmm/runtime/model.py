@@ -38,8 +38,8 @@ def default_model() -> Path:
 
 def load(model: str | Path | None = None, *, backend: str = "auto", n_threads: int | None = None,
          n_ctx: int | None = None, image_tokens: int | None = None, merge: int = 0,
-         ttft_budget: float | None = None, selection: str = "importance", verbose: bool = False,
-         **options) -> Model:
+         ttft_budget: float | None = None, selection: str = "importance", selection_seed: int = 0,
+         verbose: bool = False, **options) -> Model:
     """Open a bundle (or, for the torch backend, a checkpoint). None: the bundled demo model.
 
     `n_threads`: CPU threads (default: one per physical core). `n_ctx`: a fixed context (default: sized
@@ -48,8 +48,8 @@ def load(model: str | Path | None = None, *, backend: str = "auto", n_threads: i
     `runtime.token_reduction`); `ttft_budget`: seconds to the first word, for which the most image tokens
     that fit are read (measured once per machine, see `runtime.latency`); each question may say
     otherwise. `selection="random"` keeps random tokens instead of the most important, drawn afresh for
-    each image from seeds counted from 0 (a run repeats): the control that measures what the scores
-    carry. Backend options: `repack` (llamacpp:
+    each image from seeds counted from `selection_seed` (a run repeats): the control that measures what
+    the scores carry. Backend options: `repack` (llamacpp:
     llama.cpp's weight re-layout on or off; default: what measured fastest on this machine, see
     `edgelmm calibrate`); `dtype` (torch: "float32", "bfloat16" or "auto").
     """
@@ -57,7 +57,7 @@ def load(model: str | Path | None = None, *, backend: str = "auto", n_threads: i
     path = Path(model) if model is not None else default_model()
     opened = backend_class(backend)(path, n_threads=n_threads, n_ctx=n_ctx, verbose=verbose, **options)
     return Model(opened, path, load_seconds=time.perf_counter() - started, image_tokens=image_tokens, merge=merge,
-                 ttft_budget=ttft_budget, selection=selection)
+                 ttft_budget=ttft_budget, selection=selection, selection_seed=selection_seed)
 
 
 class ImageEmbeddings:
@@ -132,13 +132,14 @@ class Model:
     time); `timings` are the calling thread's last figures."""
 
     def __init__(self, backend, path: Path, load_seconds: float = 0.0, image_tokens: int | None = None,
-                 merge: int = 0, ttft_budget: float | None = None, selection: str = "importance") -> None:
+                 merge: int = 0, ttft_budget: float | None = None, selection: str = "importance",
+                 selection_seed: int = 0) -> None:
         self.backend = backend
         self.path = path
         self.load_seconds = load_seconds
         self.image_tokens, self.merge, self.ttft_budget = image_tokens, merge, ttft_budget  # every question's
         self.selection = check_selection(selection)
-        self._selection_seed = 0  # counts images, for the random control's draws
+        self._selection_seed = selection_seed  # counts images, for the random control's draws
         self._lock = threading.RLock()
         self._cached: list = []  # the keys the backend's cache holds, in order
         self._local = threading.local()  # each thread's last timings
