@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgelmm.cpu import cpu_info
 from edgelmm.fsutil import atomic_write_text
 from edgelmm.runtime.llama_engine import EngineError, EngineSettings, LlamaEngine, default_threads
 
@@ -44,15 +45,8 @@ def machine_id() -> str:
     """The CPU (model name and instruction-set flags), its core count and the llama.cpp build."""
     import llama_cpp
 
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        lines = []
-    first = {}
-    for line in lines:  # the first processor's model name and flags
-        key, _, value = line.partition(":")
-        first.setdefault(key.strip(), value.strip())
-    cpu = f"{first.get('model name', platform.processor())}|{first.get('flags', '')}"
+    info = cpu_info()
+    cpu = f"{info.get('model name', platform.processor())}|{info.get('flags', '')}"
     text = f"{platform.machine()}|{cpu}|{os.cpu_count()}|{llama_cpp.__version__}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

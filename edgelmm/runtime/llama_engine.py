@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgelmm.cpu import cpu_info
 from edgelmm.quiet import native_stderr_silenced
 
 CONTEXT_STEP = 256  # contexts are sized in multiples of this (llama.cpp pads the KV cache to 256 anyway)
@@ -68,18 +69,11 @@ def default_threads() -> int:
         logical = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         logical = os.cpu_count() or 1
-    siblings = cores = None
+    info = cpu_info()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "siblings":
-                siblings = int(value)
-            elif key.strip() == "cpu cores":
-                cores = int(value)
-            if siblings and cores:
-                break
-    except (OSError, ValueError):
-        pass
+        siblings, cores = int(info.get("siblings", 0)), int(info.get("cpu cores", 0))
+    except ValueError:
+        siblings = cores = 0
     per_core = siblings // cores if siblings and cores and siblings >= cores else 1
     return max(1, logical // per_core)
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from edgelmm.errors import UserError
 from edgelmm.chat import ChatFormat
+from edgelmm.cpu import cpu_flags
 
 
 def checkpoint_of(model: str | Path) -> Path:
@@ -45,13 +46,8 @@ DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16
 
 
 def cpu_has_bf16() -> bool:
-    """Whether the CPU computes in bfloat16 natively (x86 AVX512-BF16 or AMX; Linux flags)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """Whether the CPU computes in bfloat16 natively (x86 AVX512-BF16 or AMX)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve_dtype(dtype: str | None) -> str:
