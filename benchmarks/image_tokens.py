@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgelmm.bundle_format import file_entry, load_manifest, save_manifest
+from edgelmm.cpu import cpu_info
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -101,10 +102,7 @@ def run_preset(preset: str, args) -> dict:
 
 
 def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+    return cpu_info().get("model name", "unknown CPU")
 
 
 def markdown(results: dict) -> str:
