@@ -95,8 +95,8 @@ def budgets(args) -> dict:
                      "within_1_1x": int(within), "runs": args.runs})
     lines = [f"# Time budgets on this machine: {args.bundle}", "",
              f"{args.threads} threads; latency model: encode {latency.encode_s:.3f} s, image prefill "
-             f"{latency.image_fixed_s:.3f} s + {latency.per_token_s * 1000:.2f} ms per token, question "
-             f"{latency.question_s:.3f} s.", "",
+             + ", ".join(f"{t:.3f} s at {k}" for k, t in zip(latency.prefill_tokens, latency.prefill_s))
+             + f" tokens, question {latency.question_s:.3f} s.", "",
              "| budget s | image tokens | predicted s | measured s (median, max) | within 1.1x |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['budget_s']:.3g} | {r['image_tokens']} | {r['predicted_s']:.3g} | "

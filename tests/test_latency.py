@@ -28,26 +28,46 @@ def model(bundle, tmp_path, monkeypatch):
     return edgelmm.load(bundle, n_threads=1)
 
 
-def test_prediction_is_a_line_and_the_budget_takes_the_most_tokens_that_fit():
-    latency = LatencyModel(tokens=16, encode_s=0.1, image_fixed_s=0.05, per_token_s=0.01, question_s=0.05)
-    assert latency.predict(10) == pytest.approx(0.3)
+def linear(**fields) -> LatencyModel:
+    """0.05 s of fixed image prefill and 0.01 s per token, measured at 1, 2 and 4 tokens."""
+    return LatencyModel(tokens=16, encode_s=0.1, prefill_tokens=[1, 2, 4], prefill_s=[0.06, 0.07, 0.09],
+                        question_s=0.05, **fields)
+
+
+def test_prediction_follows_the_measured_points_and_the_budget_takes_the_most_tokens_that_fit():
+    latency = linear()
+    assert latency.predict(10) == pytest.approx(0.3)  # past the last point: along the last segment
     assert latency.tokens_within(0.3) == 10 and latency.tokens_within(10.0) == 16
     assert latency.tokens_within(0.2) == 0 and latency.tokens_within(0.21) == 1
+    # between points the prediction is interpolated, so a dear first token is not spread over the rest
+    steep = LatencyModel(tokens=16, encode_s=0.0, prefill_tokens=[1, 8], prefill_s=[0.5, 0.57], question_s=0.0)
+    assert steep.predict(1) == pytest.approx(0.5) and steep.predict(4) == pytest.approx(0.53)
+    assert steep.tokens_within(0.55) == 6 and steep.tokens_within(0.49) == 0
+
+
+@pytest.mark.parametrize("points", [dict(prefill_tokens=[], prefill_s=[]), dict(prefill_tokens=[4, 2]),
+                                    dict(prefill_s=[0.1, float("nan"), 0.2]), dict(prefill_tokens="124")])
+def test_malformed_points_are_refused(points):
+    with pytest.raises(ValueError, match="malformed"):
+        LatencyModel(**{**asdict(linear()), **points})
 
 
 def test_the_latency_model_is_measured_once_and_remembered(model):
     latency = latency_for(model)
-    assert latency.tokens == 16 and latency.encode_s > 0 and latency.question_s > 0 and latency.per_token_s >= 0
+    assert latency.tokens == 16 and latency.encode_s > 0 and latency.question_s > 0
+    assert latency.prefill_tokens == [1, 2, 4] and all(t > 0 for t in latency.prefill_s)
     stored = CalibrationStore().get(_key_of(model))
     assert stored == asdict(latency)
-    edited = {**stored, "per_token_s": 1.0}
+    edited = {**stored, "encode_s": 1.0}
     CalibrationStore().put(_key_of(model), edited)
-    assert latency_for(model).per_token_s == 1.0  # read back, not measured again
+    assert latency_for(model).encode_s == 1.0  # read back, not measured again
+    for stale in ({"tokens": 16, "per_token_s": 0.01}, {**stored, "prefill_s": [0.1]}):  # older, damaged
+        CalibrationStore().put(_key_of(model), stale)
+        assert latency_for(model).prefill_tokens == [1, 2, 4]  # measured again
 
 
 def test_answers_read_the_most_image_tokens_the_budget_allows(model):
-    CalibrationStore().put(_key_of(model), asdict(LatencyModel(tokens=16, encode_s=0.1, image_fixed_s=0.05,
-                                                               per_token_s=0.01, question_s=0.05)))
+    CalibrationStore().put(_key_of(model), asdict(linear()))
     image = np.zeros((32, 32, 3), dtype=np.uint8)
     assert model.answer(image, "What is it?", max_tokens=2, ttft_budget=0.3).timings.image_tokens == 10
     assert model.answer(image, "What is it?", max_tokens=2, ttft_budget=60).timings.image_tokens == 16

@@ -120,7 +120,10 @@ def calibrate(model_path, threads, show, as_json) -> None:
     if show:
         settings = store.get(store_key(manifest.file("lm").sha256, threads))
         latency = store.get(latency_key("llamacpp", bundle_id(manifest), threads))
-        latency = LatencyModel(**latency) if latency else None
+        try:
+            latency = LatencyModel(**latency) if latency else None
+        except (TypeError, ValueError):
+            latency = None  # stale or damaged: measured again at the next use
     else:
         try:
             _, settings = tuned_settings(manifest.path(bundle, "lm"), manifest.file("lm").sha256,

@@ -3,9 +3,12 @@ the largest K that fits a budget.
 
 Time to first token = image encode + image prefill + the question's own prefill and first token, and only
 the image prefill grows with K (one position per token, the template's text before the image fixed).
-So two short measured answers, at K = N/8 and N/4, give a line through the prefill, the encode and the
-question's time: seconds at demo and qwen scale, about ten at phi3 scale, once per machine, model and
-thread count, remembered in the same store as the runtime's other measured settings. Torch-free.
+Short measured answers at K = 1, N/8 and N/4 give the image prefill at those counts; between them it is
+interpolated, past N/4 extended along the last segment (the prefill's cost per token grows little with
+the context). The point at one token keeps the smallest budgets honest: a line through N/8 and N/4 alone
+put the fixed part too low there. Seconds at demo and qwen scale, about ten at phi3 scale, once per
+machine, model and thread count, remembered in the same store as the runtime's other measured settings.
+Torch-free.
 """
 
 from __future__ import annotations
@@ -30,20 +33,34 @@ class LatencyModel:
 
     tokens: int  # the image tokens the vision graph gives
     encode_s: float
-    image_fixed_s: float  # the image prefill's part that does not grow with K
-    per_token_s: float
+    prefill_tokens: list[int]  # image tokens of the measured answers, ascending
+    prefill_s: list[float]  # their image prefill (with the template's text before the image)
     question_s: float  # the question's prefill and first token
     created: str = ""
 
+    def __post_init__(self) -> None:
+        ks, secs = self.prefill_tokens, self.prefill_s
+        if not (isinstance(ks, list) and isinstance(secs, list) and 1 <= len(ks) == len(secs)
+                and all(isinstance(k, int) and k >= 1 for k in ks) and ks == sorted(set(ks))
+                and all(isinstance(t, (int, float)) and math.isfinite(t) and t >= 0 for t in secs)):
+            raise ValueError("measured image prefill points are malformed")
+
+    def image_prefill(self, k):
+        """Seconds of image prefill for K tokens (an int or an array of them)."""
+        ks, secs = np.asarray(self.prefill_tokens, dtype=float), np.maximum.accumulate(self.prefill_s)
+        slope = (secs[-1] - secs[-2]) / (ks[-1] - ks[-2]) if len(ks) > 1 else 0.0
+        inside = np.interp(k, ks, secs)
+        return np.where(np.asarray(k) > ks[-1], secs[-1] + slope * (np.asarray(k) - ks[-1]), inside)
+
     def predict(self, k: int) -> float:
-        return self.encode_s + self.image_fixed_s + self.per_token_s * k + self.question_s
+        return float(self.encode_s + self.image_prefill(k) + self.question_s)
 
     def tokens_within(self, budget: float) -> int:
         """The largest K whose predicted time fits `budget` (0 when not even one token fits)."""
-        room = budget - self.predict(0)
+        ks = np.arange(1, self.tokens + 1)
         # (a hair of slack: 0.1 / 0.01 is 9.999... in binary floating point)
-        k = math.floor(room / self.per_token_s + 1e-9) if self.per_token_s > 0 else self.tokens
-        return max(0, min(self.tokens, k))
+        fits = self.encode_s + self.image_prefill(ks) + self.question_s <= budget + 1e-9
+        return int(ks[fits].max()) if fits.any() else 0  # the prediction never falls as K grows
 
 
 def check_budget(budget) -> float:
@@ -53,15 +70,14 @@ def check_budget(budget) -> float:
 
 
 def measure_latency(model) -> LatencyModel:
-    """Two short answers at N/8 and N/4 image tokens (twice each), fitted to a line."""
+    """Short answers at 1, N/8 and N/4 image tokens (twice each)."""
     spec = model.backend.image_spec
     image = np.random.default_rng(0).integers(0, 256, (spec.size, spec.size, 3), dtype=np.uint8)
     n = len(model.encode_image(image))
-    small = max(1, n // 8)
-    large = max(small + 1, n // 4) if n > 1 else 1
-    figures: dict[int, list] = {small: [], large: []}
+    counts = sorted({1, max(1, n // 8), max(1, n // 4)})
+    figures: dict[int, list] = {k: [] for k in counts}
     try:
-        model.answer(image, PROBE_QUESTION, max_tokens=1, image_tokens=small)  # warm-up
+        model.answer(image, PROBE_QUESTION, max_tokens=1, image_tokens=counts[-1])  # warm-up
     except UserError:
         raise UserError("this model reads all its image tokens (its vision graph gives no token scores), so "
                         "a time budget cannot shorten its answers") from None
@@ -70,10 +86,9 @@ def measure_latency(model) -> LatencyModel:
             figures[k].append(model.answer(image, PROBE_QUESTION, max_tokens=1, image_tokens=k).timings)
     med = {k: {field: statistics.median(getattr(t, field) for t in runs)
                for field in ("image_encode", "image_prefill", "first_token")} for k, runs in figures.items()}
-    per_token = max(0.0, (med[large]["image_prefill"] - med[small]["image_prefill"]) / max(1, large - small))
     return LatencyModel(tokens=n, encode_s=statistics.median(m["image_encode"] for m in med.values()),
-                        image_fixed_s=max(0.0, med[small]["image_prefill"] - per_token * small),
-                        per_token_s=per_token, question_s=statistics.median(m["first_token"] for m in med.values()),
+                        prefill_tokens=counts, prefill_s=[med[k]["image_prefill"] for k in counts],
+                        question_s=statistics.median(m["first_token"] for m in med.values()),
                         created=time.strftime("%Y-%m-%dT%H:%M:%S"))
 
 
@@ -100,8 +115,8 @@ def latency_for(model, *, force: bool = False, store: CalibrationStore | None = 
     if record is not None:
         try:
             return LatencyModel(**record)
-        except TypeError:
-            pass  # written by another edgelmm: measure again
+        except (TypeError, ValueError):
+            pass  # written by another edgelmm, or damaged: measure again
     latency = measure_latency(model)
     store.put(key, asdict(latency))
     return latency
