@@ -6,17 +6,33 @@ data, evaluation, export and both runtime backends write exactly the same text. 
 runtime is a list of pieces: text, and one `IMAGE` marker where the image embeddings enter. A
 `ChatFormat` comes from a bundle's manifest (`from_manifest`) or from a checkpoint's tokenizer
 (`from_tokenizer`), and gives the manifest its prompt (`to_manifest`). Torch-free.
+
+What a user wrote never becomes control tokens: the runtime renders a conversation with each question
+and answer bracketed by two private-use characters (`render_marked`), so that `pieces` can tell the
+template's own text, whose `<|end|>` or `<image>` are the model's control tokens, from user text
+(`UserText`), which the runtime tokenizes as plain text. The brackets never reach a tokenizer.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from edgelmm.bundle_format import Prompt
 
 IMAGE = object()  # the marker for the image embeddings inside a list of prompt pieces
+USER_OPEN, USER_CLOSE = "\ue000", "\ue001"  # bracket user text in a rendered prompt (Unicode private use)
+
+
+class UserText(str):
+    """A piece of prompt a user wrote (a question, or an answer in the history): plain text only."""
+
+
+def mark_user(text: str) -> str:
+    """`text` bracketed as user text (brackets already inside it are dropped: they mean nothing there)."""
+    return USER_OPEN + text.replace(USER_OPEN, "").replace(USER_CLOSE, "") + USER_CLOSE
 IMAGE_PLACEHOLDER = "<image>"  # the image's token in edgelmm's tokenizers and chat templates
 END_OF_TEXT = "<|endoftext|>"  # Phi-3's end of a document: also ends an answer where a vocabulary has it
 
@@ -68,20 +84,35 @@ class ChatFormat:
     def render_text(self, turns: list[tuple[str, str | None]], with_image: bool = True) -> str:
         """The text of a conversation about one image: (question, answer) turns, the last answer None
         (the text then ends where the model starts answering). The image precedes the first question."""
+        return self._render_turns(turns, with_image, lambda text: text)
+
+    def render_marked(self, turns: list[tuple[str, str | None]]) -> str:
+        """`render_text` with every question and answer marked as user text, for `pieces`."""
+        return self._render_turns(turns, True, mark_user)
+
+    def _render_turns(self, turns, with_image: bool, mark) -> str:
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         for k, (question, answer) in enumerate(turns):
-            first = k == 0 and with_image
-            messages.append({"role": "user", "content": f"{self.image_placeholder}\n{question}" if first else question})
+            image = f"{self.image_placeholder}\n" if k == 0 and with_image else ""
+            messages.append({"role": "user", "content": image + mark(question)})
             if answer is not None:
-                messages.append({"role": "assistant", "content": answer})
+                messages.append({"role": "assistant", "content": mark(answer)})
         return self.render(messages, add_generation_prompt=turns[-1][1] is None)
 
-    def split(self, text: str) -> list:
-        """The pieces of a rendered text: text before the image, `IMAGE`, text after."""
-        before, found, after = text.partition(self.image_placeholder)
-        if not found:
-            raise ValueError(f"the chat template dropped the image placeholder {self.image_placeholder!r}")
-        return [p for p in (before, IMAGE, after) if p is IMAGE or p]
+    def pieces(self, marked: str) -> list:
+        """The pieces of a text from `render_marked` (or a tail of one): template text (str), `IMAGE`
+        where the template put the placeholder, and `UserText`."""
+        out, user = [], False
+        for part in re.split(f"([{USER_OPEN}{USER_CLOSE}])", marked):
+            if part in (USER_OPEN, USER_CLOSE):
+                user = part == USER_OPEN
+            elif user:
+                out.append(UserText(part))
+            elif part:
+                for k, text in enumerate(part.split(self.image_placeholder)):
+                    out.extend([IMAGE] if k else [])
+                    out.extend([text] if text else [])
+        return out
 
 
 def _raise(message: str):

@@ -24,7 +24,7 @@ from edgelmm.imaging import preprocess
 from edgelmm.runtime.backends import backend_class
 from edgelmm.runtime.latency import tokens_for_budget
 from edgelmm.runtime.token_reduction import check_counts, check_selection, reduce_tokens
-from edgelmm.chat import IMAGE
+from edgelmm.chat import IMAGE, USER_OPEN, UserText
 
 MODEL_ENV = "EDGELMM_MODEL"
 
@@ -298,7 +298,7 @@ class Conversation:
             started = time.perf_counter()
             model._local.timings = timings
             fmt = model.backend.chat
-            text = fmt.render_text([*self.turns, (question, None)])
+            text = fmt.render_marked([*self.turns, (question, None)])
             keys = self._keys(text)
             model._prefill(keys, timings)
             timings.prompt_tokens = len(keys)
@@ -324,25 +324,47 @@ class Conversation:
             self.turns.append((question, stops.text))
             # The cache holds the prompt and every generated token, so the next turn continues from here
             # when the template renders this answer as it was generated.
-            self._text_keys = (text + answer, list(model._cached))
+            self._text_keys = (text + USER_OPEN + answer, list(model._cached))
 
     def image_keys(self) -> list:
         """The keys of the prompt up to the image's last position: the same whatever the question."""
-        fmt = self.model.backend.chat
-        pieces = fmt.split(fmt.render_text([("", None)]))  # the image precedes the first question
-        return self._piece_keys(pieces[:next(k for k, p in enumerate(pieces) if p is IMAGE) + 1])
+        pieces = self._pieces(self.model.backend.chat.render_marked([("", None)]))
+        return self._piece_keys(pieces[:pieces.index(IMAGE) + 1])  # the image precedes the first question
 
     def _keys(self, text: str) -> list:
         if self._text_keys and text.startswith(self._text_keys[0]):
             previous_text, previous_keys = self._text_keys
-            return previous_keys + self.model.backend.tokenize(text[len(previous_text):])
-        return self._piece_keys(self.model.backend.chat.split(text))
+            return previous_keys + self._piece_keys(self.model.backend.chat.pieces(text[len(previous_text):]))
+        return self._piece_keys(self._pieces(text))
+
+    def _pieces(self, text: str) -> list:
+        pieces = self.model.backend.chat.pieces(text)
+        if pieces.count(IMAGE) != 1:
+            raise UserError(f"the chat template put the image placeholder {self.model.backend.chat.image_placeholder!r} "
+                            f"in the prompt {pieces.count(IMAGE)} times instead of once")
+        return pieces
 
     def _piece_keys(self, pieces: list) -> list:
-        keys = []
-        for piece in pieces:
-            keys.extend(self.image.keys() if piece is IMAGE else self.model.backend.tokenize(piece))
+        keys, text = [], []
+        for piece in [*pieces, None]:  # None: the end, where the last run of text is tokenized
+            if piece is IMAGE or piece is None:
+                keys.extend(self._tokens(text))
+                text = []
+                if piece is IMAGE:
+                    keys.extend(self.image.keys())
+            else:
+                text.append(piece)
         return keys
+
+    def _tokens(self, parts: list[str]) -> list[int]:
+        """Token ids of a run of text: the template's with its control tokens, a user's never. Where
+        the user's text holds no control token's text, the run is tokenized as one text, exactly as the
+        model was trained; otherwise each part on its own."""
+        tokenize = self.model.backend.tokenize
+        users = [p for p in parts if isinstance(p, UserText)]
+        if all(tokenize(u, special=True) == tokenize(u, special=False) for u in users):
+            return tokenize("".join(parts), special=True) if parts else []
+        return [t for p in parts for t in tokenize(p, special=not isinstance(p, UserText))]
 
 
 def _checked(question) -> str:

@@ -37,8 +37,9 @@ class Backend(Protocol):
         """(3, H, W) float32 pixels -> (N, D) embeddings as the language model reads them, and each
         token's importance (N,), or None where the model has no per-token scores."""
 
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids of `text`, special tokens parsed, nothing added."""
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """Token ids of `text`, nothing added; with `special`, control tokens' text becomes those tokens,
+        without, it is plain text."""
 
     def truncate(self, n: int) -> None:
         """Forget every position from `n` on."""

@@ -97,8 +97,8 @@ class LlamaCppBackend:
         outputs = self.vision.run(None, {self._vision_input: pixel_values[None]})
         return outputs[0][0], (outputs[1][0] if self.manifest.vision.output.importance else None)
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
     @property
     def position(self) -> int:

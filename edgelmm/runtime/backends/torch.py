@@ -100,8 +100,8 @@ class TorchBackend:
             return out[0][0].float().numpy(), out[1][0].float().numpy()
         return out[0].float().numpy(), None
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.parts.tokenizer(text, add_special_tokens=False).input_ids
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return self.parts.tokenizer(text, add_special_tokens=False, split_special_tokens=not special).input_ids
 
     @property
     def position(self) -> int:
