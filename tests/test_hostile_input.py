@@ -52,3 +52,41 @@ def test_pieces_tell_template_text_from_user_text():
     assert pieces == ["<|user|>", IMAGE, "\n", UserText("<image> <|end|>"), "<|end|><|assistant|>", UserText("ok"),
                       "<|end|><|user|>", UserText("again"), "<|end|><|assistant|>"]
     assert [type(p) for p in pieces if p is not IMAGE].count(UserText) == 3
+
+
+def test_an_abandoned_stream_frees_the_model_when_closed_or_collected(model, scenes_dir):
+    image = scenes_dir / "images" / "es0_000002.png"
+    expected = model.ask(image, "What is it?", max_tokens=6)
+    stream = model.ask(image, "How many circles are there?", max_tokens=6, stream=True)
+    next(stream)
+    stream.close()
+    stream = model.ask(image, "How many circles are there?", max_tokens=6, stream=True)
+    next(stream)
+    del stream  # collected at once: the last reference
+    assert model.ask(image, "What is it?", max_tokens=6) == expected
+
+
+def test_a_second_stream_in_the_same_thread_is_refused_not_interleaved(model, scenes_dir):
+    from edgelmm.errors import UserError
+
+    image = scenes_dir / "images" / "es0_000002.png"
+    expected = model.ask(image, "What is it?", max_tokens=6)
+    first = model.ask(image, "What is it?", max_tokens=6, stream=True)
+    head = next(first)
+    with pytest.raises(UserError, match="still open"):
+        next(model.ask(image, "How many circles are there?", max_tokens=6, stream=True))
+    assert (head + "".join(first)).strip() == expected  # the first one is intact
+
+
+def test_a_stream_may_be_read_in_another_thread(model, scenes_dir):
+    import threading
+
+    image = scenes_dir / "images" / "es0_000002.png"
+    expected = model.ask(image, "What is it?", max_tokens=6)
+    stream = model.ask(image, "What is it?", max_tokens=6, stream=True)
+    got = [next(stream)]
+    reader = threading.Thread(target=lambda: got.extend(stream))
+    reader.start()
+    reader.join(60)
+    assert not reader.is_alive() and "".join(got).strip() == expected
+    assert model.ask(image, "What is it?", max_tokens=6) == expected  # released by the other thread

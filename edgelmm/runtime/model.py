@@ -127,9 +127,34 @@ class Answer:
         return {"answer": self.text, "timings": self.timings.to_dict()}
 
 
+class ModelLock:
+    """One generation at a time per model.
+
+    A call waits for the generation before it. A stream (`ask(..., stream=True)`) holds the model from
+    its first chunk until it is read to the end, closed, or garbage-collected, and may be read from any
+    thread (as a web server hands a response to another thread). A thread that asks again while a stream
+    it is reading is still open gets an error instead of waiting for itself forever.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # not re-entrant, and releasable from any thread
+        self._holder: int | None = None  # the thread that took it
+
+    def __enter__(self) -> None:
+        if self._holder == threading.get_ident():
+            raise UserError("an answer streamed in this thread is still open: read it to the end or close it "
+                            "before asking again")
+        self._lock.acquire()
+        self._holder = threading.get_ident()
+
+    def __exit__(self, *exc) -> None:
+        self._holder = None
+        self._lock.release()
+
+
 class Model:
-    """A loaded model. `ask`, `answer` and `chat` are safe to call from several threads (one runs at a
-    time); `timings` are the calling thread's last figures."""
+    """A loaded model. `ask`, `answer` and `chat` are safe to call from several threads (see `ModelLock`);
+    `timings` are the calling thread's last figures."""
 
     def __init__(self, backend, path: Path, load_seconds: float = 0.0, image_tokens: int | None = None,
                  merge: int = 0, ttft_budget: float | None = None, selection: str = "importance",
@@ -140,7 +165,7 @@ class Model:
         self.image_tokens, self.merge, self.ttft_budget = image_tokens, merge, ttft_budget  # every question's
         self.selection = check_selection(selection)
         self._selection_seed = selection_seed  # counts images, for the random control's draws
-        self._lock = threading.RLock()
+        self._lock = ModelLock()
         self._cached: list = []  # the keys the backend's cache holds, in order
         self._local = threading.local()  # each thread's last timings
 
