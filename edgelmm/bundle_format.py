@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from edgelmm.errors import UserError
-from edgelmm.fsutil import atomic_write_text
+from edgelmm.fsutil import atomic_write_text, is_regular
 
 MANIFEST = "edgelmm.json"
 FORMAT = "edgelmm-bundle"
@@ -180,6 +180,8 @@ def resolve_inside(bundle: str | Path, name: str) -> Path:
     path = (folder / pure).resolve()
     if not path.is_relative_to(folder):
         raise BundleError(f"bundle file {name!r} leads outside the bundle folder")
+    if path.exists() and not is_regular(path):
+        raise BundleError(f"bundle file {name!r} is not a regular file")
     return path
 
 

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from edgelmm.bundle_format import Prompt
+from edgelmm.bundle_format import BundleError, Prompt
 
 IMAGE = object()  # the marker for the image embeddings inside a list of prompt pieces
 USER_OPEN, USER_CLOSE = "\ue000", "\ue001"  # bracket user text in a rendered prompt (Unicode private use)
@@ -63,13 +63,28 @@ class ChatFormat:
     def from_manifest(cls, prompt) -> ChatFormat:
         """From a bundle's `bundle_format.Prompt`."""
         return cls(template=prompt.chat_template, image_placeholder=prompt.image_placeholder, bos=prompt.bos,
-                   system_prompt=prompt.system_prompt, stop=list(prompt.stop), eos=prompt.eos)
+                   system_prompt=prompt.system_prompt, stop=list(prompt.stop), eos=prompt.eos).checked()
 
     @classmethod
     def from_tokenizer(cls, tokenizer, generation_config=None) -> ChatFormat:
         """From a checkpoint's tokenizer (with `<image>` and a chat template, as edgelmm's are)."""
         return cls(template=tokenizer.chat_template, bos=tokenizer.bos_token, eos=tokenizer.eos_token,
-                   stop=stop_strings(tokenizer, generation_config))
+                   stop=stop_strings(tokenizer, generation_config)).checked()
+
+    def checked(self) -> ChatFormat:
+        """This format, once its template has rendered a conversation of two turns with the image
+        placeholder once and every question and answer kept; otherwise a BundleError."""
+        turns = [("q1", "a1"), ("q2", None)]
+        try:
+            pieces = self.pieces(self.render_marked(turns))
+        except Exception as e:  # the template is data: whatever Jinja2 raises for it is the bundle's fault
+            raise BundleError(f"the chat template cannot render a conversation: {e}") from None
+        if pieces.count(IMAGE) != 1:
+            raise BundleError(f"the chat template puts the image placeholder {self.image_placeholder!r} in a "
+                              f"conversation {pieces.count(IMAGE)} times instead of once")
+        if [p for p in pieces if isinstance(p, UserText)] != ["q1", "a1", "q2"]:
+            raise BundleError("the chat template drops or changes the questions and answers it is given")
+        return self
 
     def to_manifest(self) -> Prompt:
         """The bundle manifest's `prompt`."""

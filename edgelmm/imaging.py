@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from edgelmm.errors import UserError
+from edgelmm.fsutil import open_regular
 
 RESIZE_RULES = ("shortest_edge_crop", "squash")
 # The decompression-bomb guard: more pixels than this are refused before decoding. It lies above the
@@ -104,17 +105,8 @@ def open_image(image) -> Image.Image:
     if isinstance(image, (bytes, bytearray, memoryview)):
         return _decode(io.BytesIO(image), "the image data")
     path = Path(image)
-    if path.is_dir():
-        raise UserError(f"{path} is a directory, not an image")
-    try:
-        with path.open("rb") as fp:
-            return _decode(fp, str(path))
-    except FileNotFoundError:
-        raise UserError(f"image not found: {path}") from None
-    except PermissionError:
-        raise UserError(f"cannot open {path}: permission denied") from None
-    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
-        raise UserError(f"cannot open {path}: {getattr(e, 'strerror', None) or e}") from None
+    with open_regular(path, "image") as fp:
+        return _decode(fp, str(path))
 
 
 # What Pillow raises for corrupt or unsupported files (its own fuzz tests accept these; RuntimeError: pillow-heif).

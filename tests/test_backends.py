@@ -33,7 +33,7 @@ TOY = '''
         def encode_image(self, pixel_values):
             return pixel_values.reshape(3, -1).mean(axis=1)[None], None  # (1, 3): the mean colour
 
-        def tokenize(self, text):
+        def tokenize(self, text, special=True):  # bytes: no control tokens to parse
             return list(text.encode("utf-8"))
 
         def truncate(self, n):

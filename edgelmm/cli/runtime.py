@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from edgelmm.cli.app import app
+from edgelmm import options
+from edgelmm.cli.app import Checked, app
 from edgelmm.errors import UserError
 
 
@@ -22,16 +23,17 @@ def _runtime_options(command):
                      "else the built-in demo model]."),
         click.option("--backend", default="auto", show_default=True,
                      help="llamacpp, torch, or one an installed package adds (auto: llamacpp)."),
-        click.option("--max-tokens", default=256, show_default=True, type=click.IntRange(min=1)),
-        click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0.0)),
-        click.option("--threads", type=click.IntRange(min=1), help="CPU threads [default: one per physical core]."),
-        click.option("--ctx", "n_ctx", type=click.IntRange(min=16), help="A fixed context in positions [default: "
+        click.option("--max-tokens", default=256, show_default=True, type=Checked(int, options.check_max_tokens)),
+        click.option("--temperature", default=0.0, show_default=True, type=Checked(float, options.check_temperature)),
+        click.option("--threads", type=Checked(int, options.check_threads),
+                     help="CPU threads [default: one per physical core]."),
+        click.option("--ctx", "n_ctx", type=Checked(int, options.check_n_ctx), help="A fixed context in positions [default: "
                      "sized to the question, growing with a conversation]."),
         click.option("--image-tokens", type=int, help="Read only this many image tokens, the most important "
                      "[default: all]."),
         click.option("--merge", default=0, show_default=True, type=int,
                      help="Of --image-tokens, how many merge the tokens left out."),
-        click.option("--ttft-budget", type=float, help="Seconds to the first word: read the most image tokens "
+        click.option("--ttft-budget", type=Checked(float, options.check_budget), help="Seconds to the first word: read the most image tokens "
                      "that fit (measured on this machine at first use)."),
         click.option("-v", "--verbose", is_flag=True, help="Show library logs and tracebacks."),
     ]):
@@ -41,13 +43,24 @@ def _runtime_options(command):
 
 def _open_model(ctx: click.Context, model_path, backend, threads, n_ctx, image_tokens, merge, ttft_budget, verbose):
     from edgelmm.runtime import load
-    from edgelmm.runtime.latency import check_budget
 
     ctx.obj["verbose"] = ctx.obj["verbose"] or verbose
-    if ttft_budget is not None:
-        check_budget(ttft_budget)  # before loading the model
     return load(model_path, backend=backend, n_threads=threads, n_ctx=n_ctx, image_tokens=image_tokens,
                 merge=merge, ttft_budget=ttft_budget, verbose=ctx.obj["verbose"])
+
+
+def _stdin():
+    """Standard input as bytes where it has them (a terminal, a pipe), so that text is decoded here."""
+    return getattr(sys.stdin, "buffer", sys.stdin)
+
+
+def _decoded(text: bytes | str) -> str:
+    if isinstance(text, str):
+        return text
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError("the question is not valid UTF-8 text") from None
 
 
 @app.command()
@@ -59,7 +72,7 @@ def _open_model(ctx: click.Context, model_path, backend, threads, n_ctx, image_t
 def ask(ctx: click.Context, image: str, question: str, max_tokens, temperature, as_json, **runtime) -> None:
     """Answer QUESTION about IMAGE (default: "Describe the image."; "-" reads it from stdin)."""
     if question == "-":
-        question = sys.stdin.read().strip()
+        question = _decoded(_stdin().read()).strip()
     model = _open_model(ctx, **runtime)
     if as_json:
         answer = model.answer(image, question, max_tokens=max_tokens, temperature=temperature)
@@ -85,14 +98,15 @@ def chat(ctx: click.Context, image: str, max_tokens, temperature, **runtime) -> 
     while True:
         if interactive:
             click.echo("> ", nl=False, err=True)
-        line = sys.stdin.readline()
-        if not line.strip():
+        raw = _stdin().readline()
+        if not raw.strip():
             return
         try:
+            line = _decoded(raw)
             for chunk in conversation.ask(line, max_tokens=max_tokens, temperature=temperature, stream=True):
                 click.echo(chunk, nl=False)
                 sys.stdout.flush()
-        except UserError as e:  # a question too long for what is left of the context: say so, go on
+        except UserError as e:  # a question too long for what is left of the context, or not text: say so, go on
             click.echo(f"error: {e}", err=True)
         click.echo()
 
@@ -100,7 +114,7 @@ def chat(ctx: click.Context, image: str, max_tokens, temperature, **runtime) -> 
 @app.command()
 @click.option("--model", "-m", "model_path", type=click.Path(), help="Bundle folder [default: $EDGELMM_MODEL, "
               "else the built-in demo model].")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads [default: one per physical core].")
+@click.option("--threads", type=Checked(int, options.check_threads), help="CPU threads [default: one per physical core].")
 @click.option("--show", is_flag=True, help="Print what this machine has stored for the bundle; measure nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
 def calibrate(model_path, threads, show, as_json) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import click
 
-from edgelmm.cli.app import app
+from edgelmm import options
+from edgelmm.cli.app import Checked, app
 from edgelmm.errors import UserError
 
 
@@ -21,7 +23,8 @@ def data() -> None:
 @click.option("--n-images", default=1000, show_default=True, type=click.IntRange(min=1), help="Number of images.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
               help="Random seed; different seeds give disjoint images.")
-@click.option("--workers", default=None, type=click.IntRange(min=1), help="Rendering processes [default: CPUs].")
+@click.option("--workers", default=None, type=Checked(int, options.check_processes),
+              help="Rendering processes [default: CPUs].")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def synth(out: str, n_images: int, seed: int, workers: int | None, force: bool, quiet: bool) -> None:
@@ -37,7 +40,7 @@ def _train_options(f):
 
     --data and --out are required, but checked in the commands: click would demand them from
     `edgelmm train` before it sees the `recipe` subcommand."""
-    options = [
+    flags = [
         click.option("--data", type=click.Path(), help="Data folder (EdgeScenes layout) or a LLaVA JSON file."),
         click.option("--out", type=click.Path(file_okay=False), help="Output folder."),
         click.option("--image-folder", type=click.Path(file_okay=False), help="Images [default: DATA/images]."),
@@ -45,10 +48,12 @@ def _train_options(f):
         click.option("--resume", is_flag=True, help="Continue an interrupted run from its last checkpoint."),
         click.option("--lora", is_flag=True, help="instruct: LoRA adapters on the LM instead of full tuning."),
         click.option("--unfreeze-vision", is_flag=True, help="instruct: train the vision tower too."),
-        click.option("--vision-lr-scale", type=click.FloatRange(min=0, min_open=True),
+        click.option("--vision-lr-scale",
+                     type=Checked(float, partial(options.check_positive, name="the vision learning-rate scale")),
                      help="The tuned vision tower's learning rate, relative to --lr."),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate."),
-        click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Epochs."),
+        click.option("--lr", type=Checked(float, partial(options.check_positive, name="the learning rate")),
+                     help="Learning rate."),
+        click.option("--epochs", type=Checked(float, partial(options.check_positive, name="epochs")), help="Epochs."),
         click.option("--batch-size", type=click.IntRange(min=1), help="Batch size per device."),
         click.option("--grad-accum", type=click.IntRange(min=1), help="Gradient accumulation steps."),
         click.option("--save-every", type=click.IntRange(min=1), help="Steps between checkpoints."),
@@ -58,8 +63,8 @@ def _train_options(f):
                      help="DeepSpeed config (edgelmm/train/configs/zero2.json, zero3.json)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
     ]
-    for option in reversed(options):
-        f = option(f)
+    for flag in reversed(flags):
+        f = flag(f)
     return f
 
 
@@ -118,7 +123,7 @@ def recipe(preset: str, **kw) -> None:
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N items.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
               help="Questions per batch (checkpoints).")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads (bundles).")
+@click.option("--threads", type=Checked(int, options.check_threads), help="CPU threads (bundles).")
 @click.option("--image-tokens", type=int, help="Bundles: read only this many image tokens [default: all].")
 @click.option("--merge", default=0, show_default=True, type=int, help="Bundles: of those, merged ones.")
 @click.option("--selection", default="importance", show_default=True, type=click.Choice(["importance", "random"]),

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgelmm.bundle_format import LanguageModel, Vision, check_files, load_manifest
+from edgelmm.bundle_format import BundleError, LanguageModel, Vision, check_files, load_manifest
+from edgelmm.chat import ChatFormat
 from edgelmm.quiet import native_stderr_silenced
 
 
@@ -18,6 +19,10 @@ def verify_bundle(bundle: str | Path, verbose: bool = False) -> list[str]:
     problems = check_files(bundle, manifest)
     if problems:
         return problems  # the runtimes would only repeat what the hashes already say
+    try:
+        ChatFormat.from_manifest(manifest.prompt)
+    except BundleError as e:
+        problems.append(str(e))
     problems += _check_vision(manifest.path(bundle, "vision"), manifest.vision)
     mmproj = manifest.path(bundle, "mmproj") if "mmproj" in manifest.files else None
     problems += _check_lm(manifest.path(bundle, "lm"), manifest.lm, verbose, mmproj)
@@ -25,29 +30,12 @@ def verify_bundle(bundle: str | Path, verbose: bool = False) -> list[str]:
 
 
 def _check_vision(path: Path, spec: Vision) -> list[str]:
-    import onnxruntime as ort
+    from edgelmm.runtime.vision_graph import open_session, signature_problems
 
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:  # ONNX Runtime raises its own exception types
-        return [f"ONNX Runtime cannot open {path.name}: {e}"]
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    problems = []
-    if [i.name for i in inputs] != [spec.input.name]:
-        problems.append(f"{path.name} takes {[i.name for i in inputs]}, the manifest says {spec.input.name!r}")
-    else:
-        shape = inputs[0].shape
-        if shape[1:] != [3, spec.input.size, spec.input.size]:
-            problems.append(f"{path.name} expects input shape {shape}, the manifest says size {spec.input.size}")
-    out_shape = outputs[0].shape
-    if out_shape[1:] != [spec.output.tokens, spec.output.width]:
-        problems.append(f"{path.name} returns shape {out_shape}, the manifest says "
-                        f"{spec.output.tokens} x {spec.output.width}")
-    names = [o.name for o in outputs]
-    expected = [spec.output.name] + ([spec.output.importance] if spec.output.importance else [])
-    if names != expected:
-        problems.append(f"{path.name} returns {names}, the manifest says {expected}")
-    return problems
+        return signature_problems(open_session(path), spec, path.name)
+    except BundleError as e:
+        return [str(e)]
 
 
 def _check_lm(path: Path, spec: LanguageModel, verbose: bool, mmproj: Path | None) -> list[str]:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edgelmm.errors import UserError
+from edgelmm.options import check_budget
 from edgelmm.runtime.calibration import CalibrationStore, machine_id
 
 PROBE_QUESTION = "Describe the image."
@@ -61,12 +62,6 @@ class LatencyModel:
         # (a hair of slack: 0.1 / 0.01 is 9.999... in binary floating point)
         fits = self.encode_s + self.image_prefill(ks) + self.question_s <= budget + 1e-9
         return int(ks[fits].max()) if fits.any() else 0  # the prediction never falls as K grows
-
-
-def check_budget(budget) -> float:
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
-        raise UserError(f"a time budget must be a number of seconds above 0, not {budget!r}")
-    return float(budget)
 
 
 def measure_latency(model) -> LatencyModel:

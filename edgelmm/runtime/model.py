@@ -21,6 +21,7 @@ import numpy as np
 
 from edgelmm.errors import UserError
 from edgelmm.imaging import preprocess
+from edgelmm.options import check_budget, check_generation, check_n_ctx, check_threads
 from edgelmm.runtime.backends import backend_class
 from edgelmm.runtime.latency import tokens_for_budget
 from edgelmm.runtime.token_reduction import check_counts, check_selection, reduce_tokens
@@ -53,6 +54,9 @@ def load(model: str | Path | None = None, *, backend: str = "auto", n_threads: i
     llama.cpp's weight re-layout on or off; default: what measured fastest on this machine, see
     `edgelmm calibrate`); `dtype` (torch: "float32", "bfloat16" or "auto").
     """
+    check_threads(n_threads), check_n_ctx(n_ctx)
+    if ttft_budget is not None:
+        check_budget(ttft_budget)  # before the model loads
     started = time.perf_counter()
     path = Path(model) if model is not None else default_model()
     opened = backend_class(backend)(path, n_threads=n_threads, n_ctx=n_ctx, verbose=verbose, **options)
@@ -302,11 +306,13 @@ class Conversation:
     def ask(self, question: str, *, max_tokens: int = 256, temperature: float = 0.0, stream: bool = False,
             seed: int = 0):
         """The answer (str), or an iterator of text chunks when `stream`; the turn joins the history."""
+        check_generation(max_tokens, temperature, seed)
         chunks = self._answer(_checked(question), max_tokens, temperature, seed, self._timings())
         return chunks if stream else "".join(chunks).strip()
 
     def answer(self, question: str, *, max_tokens: int = 256, temperature: float = 0.0, seed: int = 0) -> Answer:
         """Like `ask`, returning the `Answer`: the text with this answer's own timings."""
+        check_generation(max_tokens, temperature, seed)
         timings = self._timings()
         text = "".join(self._answer(_checked(question), max_tokens, temperature, seed, timings)).strip()
         return Answer(text, timings)
@@ -353,21 +359,14 @@ class Conversation:
 
     def image_keys(self) -> list:
         """The keys of the prompt up to the image's last position: the same whatever the question."""
-        pieces = self._pieces(self.model.backend.chat.render_marked([("", None)]))
+        pieces = self.model.backend.chat.pieces(self.model.backend.chat.render_marked([("", None)]))
         return self._piece_keys(pieces[:pieces.index(IMAGE) + 1])  # the image precedes the first question
 
     def _keys(self, text: str) -> list:
         if self._text_keys and text.startswith(self._text_keys[0]):
             previous_text, previous_keys = self._text_keys
             return previous_keys + self._piece_keys(self.model.backend.chat.pieces(text[len(previous_text):]))
-        return self._piece_keys(self._pieces(text))
-
-    def _pieces(self, text: str) -> list:
-        pieces = self.model.backend.chat.pieces(text)
-        if pieces.count(IMAGE) != 1:
-            raise UserError(f"the chat template put the image placeholder {self.model.backend.chat.image_placeholder!r} "
-                            f"in the prompt {pieces.count(IMAGE)} times instead of once")
-        return pieces
+        return self._piece_keys(self.model.backend.chat.pieces(text))
 
     def _piece_keys(self, pieces: list) -> list:
         keys, text = [], []
@@ -395,6 +394,10 @@ class Conversation:
 def _checked(question) -> str:
     if not isinstance(question, str) or not question.strip():
         raise UserError("the question is empty")
+    try:
+        question.encode("utf-8")  # lone surrogates: bytes from argv that were not UTF-8
+    except UnicodeEncodeError:
+        raise UserError("the question is not valid UTF-8 text") from None
     return question.strip()
 
 

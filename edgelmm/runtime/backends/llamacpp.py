@@ -18,6 +18,7 @@ from edgelmm.imaging import ImageSpec
 from edgelmm.runtime.calibration import tuned_settings
 from edgelmm.runtime.llama_batch import Sampler, SequenceDecoder
 from edgelmm.runtime.llama_engine import EngineError, EngineSettings, LlamaEngine, default_threads
+from edgelmm.runtime.vision_graph import open_vision_graph
 from edgelmm.chat import ChatFormat
 
 # Hashing reads every byte; above this size a load checks file sizes only and `edgelmm verify`
@@ -61,8 +62,7 @@ class LlamaCppBackend:
         # ONNX Runtime's idle threads otherwise spin for a while after each image, on the very cores
         # llama.cpp needs for the prefill that follows.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.vision = ort.InferenceSession(str(manifest.path(bundle, "vision")), options,
-                                           providers=["CPUExecutionProvider"])
+        self.vision = open_vision_graph(manifest.path(bundle, "vision"), manifest.vision, options)
         self._vision_input = manifest.vision.input.name
 
         lm_path = manifest.path(bundle, "lm")
