@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from edgelmm.chat import ChatFormat
-from edgelmm.errors import DataError
+from edgelmm.errors import DataError, UserError
+from edgelmm.fsutil import open_regular
 from edgelmm.imaging import ImageSpec, preprocess
 from edgelmm.tokenizer import IMAGE_TOKEN
 
@@ -32,9 +33,12 @@ def read_records(path: str | Path) -> list[dict]:
     """Records from a JSON list or a JSONL file."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise DataError(f"data file not found: {path}") from None
+        with open_regular(path, "data file") as f:
+            text = f.read().decode("utf-8")
+    except UserError as e:
+        raise DataError(str(e)) from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text") from None
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror}") from None
     try:

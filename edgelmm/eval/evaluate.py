@@ -15,11 +15,28 @@ from edgelmm.tokenizer import IMAGE_TOKEN
 def read_eval_items(path: str | Path, limit: int | None = None) -> list[dict]:
     items = read_records(path)[: limit or None]
     for i, item in enumerate(items):
-        missing = [k for k in ("question", "answer") if not isinstance(item, dict) or k not in item]
-        if missing:
-            raise DataError(f"eval item {item.get('id', i) if isinstance(item, dict) else i} in {path}: "
-                            f"missing {', '.join(missing)}")
+        problem = _eval_item_problem(item)
+        if problem:
+            name = item.get("id", i) if isinstance(item, dict) and isinstance(item.get("id", i), (str, int)) else i
+            raise DataError(f"eval item {name} in {path}: {problem}")
     return items
+
+
+def _eval_item_problem(item) -> str | None:
+    """What is wrong with one eval item, or None: a question and an answer (text), optionally an image
+    (a file name in the image folder), a type and a POPE split (text)."""
+    if not isinstance(item, dict):
+        return "not an object"
+    missing = [k for k in ("question", "answer") if k not in item]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    wrong = [k for k in ("question", "answer", "image", "type", "pope")
+             if k in item and not isinstance(item[k], str) and not (k == "image" and item[k] is None)]
+    if wrong:
+        return f"{', '.join(wrong)} must be text"
+    if not item["question"].strip():
+        return "the question is empty"
+    return None
 
 
 def prompt_pieces(parts, question: str, with_image: bool = True) -> tuple[list[int], list[int]]:

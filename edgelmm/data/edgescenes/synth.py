@@ -20,6 +20,7 @@ from edgelmm.data.edgescenes.render import render_scene
 from edgelmm.data.edgescenes.world import CANVAS, Scene, sample_scene
 from edgelmm.errors import UserError
 from edgelmm.fsutil import atomic_output_dir
+from edgelmm.workers import die_with_parent
 
 _SCENE, _TEXT, _NEGATIVES = 0, 1, 2  # sub-streams of each image's random generator
 
@@ -114,7 +115,7 @@ def synthesize(out: str | Path, n_images: int, seed: int, *, workers: int | None
         jobs = [(s, str(images)) for s in scenes]
         bar = tqdm(total=n_images, desc="rendering", unit="img", disable=not progress)
         if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
+            with ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
                 for _ in pool.map(_render_to, jobs, chunksize=32):
                     bar.update()
         else:
