@@ -175,7 +175,7 @@ def resolve_inside(bundle: str | Path, name: str) -> Path:
     """`bundle / name`, refusing a name that is absolute, climbs out, or is a link to outside."""
     folder = Path(bundle).resolve()
     pure = PurePosixPath(name)
-    if pure.is_absolute() or ".." in pure.parts or "\\" in name or not name:
+    if pure.is_absolute() or ".." in pure.parts or "\\" in name or "\0" in name or not name:
         raise BundleError(f"bundle file {name!r} is not a plain name inside the bundle folder")
     path = (folder / pure).resolve()
     if not path.is_relative_to(folder):

@@ -122,7 +122,7 @@ class ChatFormat:
             if part in (USER_OPEN, USER_CLOSE):
                 user = part == USER_OPEN
             elif user:
-                out.append(UserText(part))
+                out.extend([UserText(part)] if part else [])
             elif part:
                 for k, text in enumerate(part.split(self.image_placeholder)):
                     out.extend([IMAGE] if k else [])
