@@ -349,3 +349,14 @@ def test_an_export_killed_midway_leaves_no_bundle_and_the_next_export_clears_its
     again = _start("export", checkpoint, "--out", out, "--quant", "f16")
     assert again.wait(300) == 0
     assert not tmp.exists() and (out / "edgelmm.json").is_file()
+
+
+def test_an_export_of_something_that_is_not_a_checkpoint_writes_nothing(tmp_path, capfd, monkeypatch):
+    from test_runtime import run_cli
+
+    fake = tmp_path / "model"
+    fake.mkdir()
+    (fake / "config.json").write_text("{\"model_type\": \"llava\", \"text_config\": 7}")
+    code, _, err = run_cli(capfd, monkeypatch, "export", fake, "--out", tmp_path / "bundle")
+    assert code == 2 and err.startswith("edgelmm: error:") and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no bundle, no temporary folder
