@@ -175,13 +175,17 @@ def resolve_inside(bundle: str | Path, name: str) -> Path:
     """`bundle / name`, refusing a name that is absolute, climbs out, or is a link to outside."""
     folder = Path(bundle).resolve()
     pure = PurePosixPath(name)
+    shown = repr(name if len(name) <= 80 else name[:77] + "...")
     if pure.is_absolute() or ".." in pure.parts or "\\" in name or "\0" in name or not name:
-        raise BundleError(f"bundle file {name!r} is not a plain name inside the bundle folder")
-    path = (folder / pure).resolve()
-    if not path.is_relative_to(folder):
-        raise BundleError(f"bundle file {name!r} leads outside the bundle folder")
-    if path.exists() and not is_regular(path):
-        raise BundleError(f"bundle file {name!r} is not a regular file")
+        raise BundleError(f"bundle file {shown} is not a plain name inside the bundle folder")
+    try:
+        path = (folder / pure).resolve()
+        if not path.is_relative_to(folder):
+            raise BundleError(f"bundle file {shown} leads outside the bundle folder")
+        if path.exists() and not is_regular(path):
+            raise BundleError(f"bundle file {shown} is not a regular file")
+    except OSError as e:  # a name too long for the file system, a loop of links
+        raise BundleError(f"bundle file {shown} cannot be used: {e.strerror or e}") from None
     return path
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import struct
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -109,8 +110,11 @@ def open_image(image) -> Image.Image:
         return _decode(fp, str(path))
 
 
-# What Pillow raises for corrupt or unsupported files (its own fuzz tests accept these; RuntimeError: pillow-heif).
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, NotImplementedError, EOFError, RuntimeError)
+# What Pillow raises for corrupt or unsupported files: its own fuzz tests accept OSError, SyntaxError,
+# ValueError, NotImplementedError and EOFError; RuntimeError comes from pillow-heif, and fuzzing found
+# TypeError (a TIFF whose strip offset decodes as a float) and struct.error among its plugins' parsers.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, NotImplementedError, EOFError, RuntimeError, TypeError,
+                  struct.error, IndexError, KeyError, ZeroDivisionError, OverflowError)
 # ISO base media file brands of HEIF still images (iPhone photos are "heic").
 _HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1")
 
@@ -161,6 +165,7 @@ def _pillow_limits():
     Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = MAX_PIXELS, False
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on damaged metadata: not for users
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             yield
     finally:

@@ -360,3 +360,18 @@ def test_an_export_of_something_that_is_not_a_checkpoint_writes_nothing(tmp_path
     code, _, err = run_cli(capfd, monkeypatch, "export", fake, "--out", tmp_path / "bundle")
     assert code == 2 and err.startswith("edgelmm: error:") and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no bundle, no temporary folder
+
+
+def test_inputs_the_fuzzer_found_are_user_errors(tmp_path, capfd):
+    from pathlib import Path
+
+    from edgelmm.bundle_format import BundleError, resolve_inside
+    from edgelmm.errors import UserError
+    from edgelmm.imaging import ImageSpec, preprocess
+
+    found = Path(__file__).parent / "data" / "fuzz" / "tiff-float-offset.bin"  # Pillow raised TypeError
+    with pytest.raises(UserError, match="cannot read the image data as an image"):
+        preprocess(found.read_bytes(), ImageSpec(size=32))
+    assert capfd.readouterr().err == ""  # nor does Pillow warn on stderr about the damage
+    with pytest.raises(BundleError, match="cannot be used: File name too long"):
+        resolve_inside(tmp_path, "vision" + "x" * 5000 + ".onnx")
