@@ -58,6 +58,9 @@ class ChatFormat:
     system_prompt: str | None = None
     stop: list[str] = field(default_factory=list)
     eos: str | None = None
+    # Whether the template reads each message's content as parts ({"type": "image"}, {"type": "text",
+    # "text": ...}), as llava-hf's processor templates do, instead of one string; `checked` finds out.
+    content_parts: bool = False
 
     @classmethod
     def from_manifest(cls, prompt) -> ChatFormat:
@@ -73,18 +76,28 @@ class ChatFormat:
 
     def checked(self) -> ChatFormat:
         """This format, once its template has rendered a conversation of two turns with the image
-        placeholder once and every question and answer kept; otherwise a BundleError."""
+        placeholder once and every question and answer kept (content as one string, else as parts);
+        otherwise a BundleError."""
+        problem = self._problem()
+        if problem is not None:
+            self.content_parts = not self.content_parts
+            if self._problem() is not None:
+                self.content_parts = not self.content_parts
+                raise BundleError(problem)
+        return self
+
+    def _problem(self) -> str | None:
         turns = [("q1", "a1"), ("q2", None)]
         try:
             pieces = self.pieces(self.render_marked(turns))
         except Exception as e:  # the template is data: whatever Jinja2 raises for it is the bundle's fault
-            raise BundleError(f"the chat template cannot render a conversation: {e}") from None
+            return f"the chat template cannot render a conversation: {e}"
         if pieces.count(IMAGE) != 1:
-            raise BundleError(f"the chat template puts the image placeholder {self.image_placeholder!r} in a "
-                              f"conversation {pieces.count(IMAGE)} times instead of once")
+            return (f"the chat template puts the image placeholder {self.image_placeholder!r} in a "
+                    f"conversation {pieces.count(IMAGE)} times instead of once")
         if [p for p in pieces if isinstance(p, UserText)] != ["q1", "a1", "q2"]:
-            raise BundleError("the chat template drops or changes the questions and answers it is given")
-        return self
+            return "the chat template drops or changes the questions and answers it is given"
+        return None
 
     def to_manifest(self) -> Prompt:
         """The bundle manifest's `prompt`."""
@@ -106,13 +119,17 @@ class ChatFormat:
         return self._render_turns(turns, True, mark_user)
 
     def _render_turns(self, turns, with_image: bool, mark) -> str:
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages = [self._message("system", self.system_prompt)] if self.system_prompt else []
         for k, (question, answer) in enumerate(turns):
-            image = f"{self.image_placeholder}\n" if k == 0 and with_image else ""
-            messages.append({"role": "user", "content": image + mark(question)})
+            messages.append(self._message("user", mark(question), image=k == 0 and with_image))
             if answer is not None:
-                messages.append({"role": "assistant", "content": mark(answer)})
+                messages.append(self._message("assistant", mark(answer)))
         return self.render(messages, add_generation_prompt=turns[-1][1] is None)
+
+    def _message(self, role: str, text: str, image: bool = False) -> dict:
+        if self.content_parts:  # the template writes the image's placeholder where it wants it
+            return {"role": role, "content": [{"type": "image"}] * image + [{"type": "text", "text": text}]}
+        return {"role": role, "content": f"{self.image_placeholder}\n{text}" if image else text}
 
     def pieces(self, marked: str) -> list:
         """The pieces of a text from `render_marked` (or a tail of one): template text (str), `IMAGE`

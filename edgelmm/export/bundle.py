@@ -23,11 +23,10 @@ DEFAULT_MAX_TOKENS = 256
 
 def check_exportable(parts) -> None:
     from edgelmm.export.gguf_lm import gguf_arch
+    from edgelmm.modeling.vision_encoder import feature_depths
 
     gguf_arch(parts.model.config.text_config)
-    layer = parts.model.config.vision_feature_layer
-    if not isinstance(layer, int):
-        raise ConfigError("cannot export a model that concatenates several vision feature layers")
+    feature_depths(parts.model.config)
 
 
 def _check_options(quant: str, vision: str) -> None:

@@ -71,6 +71,8 @@ def load_checkpoint(path: str | Path, *, dtype=None) -> ModelParts:
         from edgelmm.modeling.vision_towers import num_patch_tokens
 
         model.config.image_seq_length = num_patch_tokens(model.config)
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = processor_chat_template(path)
     processor_file = path / PREPROCESSOR_FILE
     if processor_file.is_file():
         processor = json.loads(processor_file.read_text())
@@ -82,3 +84,20 @@ def load_checkpoint(path: str | Path, *, dtype=None) -> ModelParts:
         vc = model.config.vision_config
         image_spec = vision_arch_of(vc.model_type).image_spec(vc.image_size)
     return ModelParts(model, tokenizer, image_spec)
+
+
+def processor_chat_template(path: Path) -> str:
+    """The chat template a llava-hf folder keeps beside its processor (chat_template.jinja, or
+    chat_template.json), where its tokenizer has none."""
+    jinja, packed = path / "chat_template.jinja", path / "chat_template.json"
+    if jinja.is_file():
+        return jinja.read_text()
+    if packed.is_file():
+        try:
+            template = json.loads(packed.read_text()).get("chat_template")
+        except (json.JSONDecodeError, AttributeError):
+            template = None
+        if isinstance(template, str) and template:
+            return template
+    raise CheckpointError(f"{path} has no chat template: its tokenizer_config.json has none and there is no "
+                          "chat_template.jinja or chat_template.json; add one (the model's own, as Jinja)")

@@ -1,8 +1,9 @@
 """The image half of a LLaVA model as one module: pixels in, the embeddings the language model reads out.
 
-It computes exactly the features the language model sees: the configured feature layer, CLS handling and
-projector. Layers past the feature layer never influence the output, so they are cut: LLaVA-1.5 reads
-the second-to-last layer, and the last layer would be wasted work. The ONNX export and the torch
+It computes exactly the features the language model sees: the configured feature layer (or layers,
+concatenated along the features as transformers does), CLS handling and projector. Layers past the
+deepest feature layer never influence the output, so they are cut: LLaVA-1.5 reads the second-to-last
+layer, and the last layer would be wasted work. The ONNX export and the torch
 backend both run it.
 
 With `importance`, it also returns how much each image token matters, for dropping the least important
@@ -25,13 +26,25 @@ from torch import nn
 from edgelmm.errors import ConfigError
 
 
-def feature_depth(config) -> int:
-    """How many tower layers LLaVA's features pass through (they are hidden_states[depth])."""
-    layer = config.vision_feature_layer
-    if not isinstance(layer, int):
-        raise ConfigError("the vision encoder takes one feature layer; this model concatenates several")
+def feature_depths(config) -> list[int]:
+    """Which hidden states LLaVA's features are (hidden_states[0] is the embedding output): one, or
+    several concatenated."""
+    layers = config.vision_feature_layer
+    layers = [layers] if isinstance(layers, int) else list(layers)
     n_layers = config.vision_config.num_hidden_layers
-    return layer if layer >= 0 else n_layers + 1 + layer  # hidden_states[0] is the embedding output
+    depths = [layer if layer >= 0 else n_layers + 1 + layer for layer in layers]
+    if not layers or not all(isinstance(x, int) and 0 <= d <= n_layers for x, d in zip(layers, depths)):
+        raise ConfigError(f"vision_feature_layer {config.vision_feature_layer!r} names no layer of a "
+                          f"{n_layers}-layer tower")
+    return depths
+
+
+def feature_depth(config) -> int:
+    """How many tower layers LLaVA's features pass through, for consumers that take one feature layer."""
+    depths = feature_depths(config)
+    if len(depths) != 1:
+        raise ConfigError("this model concatenates several vision feature layers; llama.cpp's graph takes one")
+    return depths[0]
 
 
 def has_token_scores(config) -> bool:
@@ -48,11 +61,11 @@ class VisionEncoder(nn.Module):
     def __init__(self, model, importance: bool = False) -> None:
         super().__init__()
         config = model.config
-        depth = feature_depth(config)
+        self.depths = feature_depths(config)
         if importance and not has_token_scores(config):
             raise ConfigError("this projector merges vision tokens, so its image tokens have no importance scores")
         self.tower = copy.deepcopy(model.model.vision_tower)
-        self.tower.encoder.layers = self.tower.encoder.layers[:depth]
+        self.tower.encoder.layers = self.tower.encoder.layers[:max(self.depths)]
         self.drop_cls = config.vision_feature_select_strategy == "default"
         self.has_cls = hasattr(self.tower.embeddings, "class_embedding")
         self.projector = model.model.multi_modal_projector
@@ -62,7 +75,7 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor):
         out = self.tower(pixel_values=pixel_values, output_hidden_states=True, output_attentions=self.importance)
-        hidden = out.hidden_states[-1]  # (B, P, Dv)
+        hidden = torch.cat([out.hidden_states[d] for d in self.depths], dim=-1)  # (B, P, Dv x layers)
         if self.drop_cls:
             hidden = hidden[:, 1:]
         embeds = self.projector(hidden)  # (B, N, D_lm)

@@ -1,0 +1,96 @@
+"""Model folders that transformers wrote (llava-hf's layout, no edgelmm fields) export to bundles whose
+image embeddings and greedy answers equal transformers' own `LlavaForConditionalGeneration`."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgelmm.bundle_format import MANIFEST
+
+LAYOUTS = {  # the structure of public llava-hf models, at tiny width
+    "llava-phi-3-mini-hf": dict(lm="phi3", tower="clip", feature_layer=-2, strategy="default"),
+    "llava-interleave-qwen-hf": dict(lm="qwen2", tower="siglip", feature_layer=-1, strategy="full"),
+    "llama, CLIP, two feature layers": dict(lm="llama", tower="clip", feature_layer=[-3, -1], strategy="default"),
+    "qwen2, SigLIP, two feature layers": dict(lm="qwen2", tower="siglip", feature_layer=[1, -1], strategy="full"),
+}
+
+
+def _folder(tmp_path, lm, tower, feature_layer, strategy):
+    """A LLaVA folder as transformers saves it: config, weights, tokenizer, image processor."""
+    import torch
+    from transformers import (AutoConfig, CLIPImageProcessor, CLIPVisionConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, SiglipImageProcessor, SiglipVisionConfig)
+
+    from edgelmm.modeling.build import default_tokenizer
+    from edgelmm.tokenizer import IMAGE_TOKEN
+
+    tok = default_tokenizer(512)
+    text = AutoConfig.for_model(lm, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                eos_token_id=tok.eos_token_id, tie_word_embeddings=lm == "qwen2")
+    shape = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                 num_attention_heads=2)
+    vision = CLIPVisionConfig(**shape) if tower == "clip" else SiglipVisionConfig(**shape)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+                         vision_feature_layer=feature_layer, vision_feature_select_strategy=strategy)
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config).eval()
+    folder = tmp_path / "folder"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    if tower == "clip":
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    else:
+        SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    assert "edgelmm" not in (folder / "config.json").read_text()
+    return folder, model, tok
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_transformers_folder_exports_with_transformers_answers(layout, tmp_path, scenes_dir):
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoImageProcessor
+
+    import edgelmm
+    from edgelmm.chat import ChatFormat
+    from edgelmm.export.bundle import export_bundle
+    from edgelmm.imaging import preprocess
+    from edgelmm.tokenizer import IMAGE_TOKEN
+
+    folder, model, tok = _folder(tmp_path, **LAYOUTS[layout])
+    bundle = export_bundle(folder, tmp_path / "bundle", quant="f32", vision="fp32")
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    tokens = manifest["vision"]["output"]["tokens"]
+    assert tokens == 16 and manifest["lm"]["architecture"] == LAYOUTS[layout]["lm"]
+
+    images = [scenes_dir / "images" / f"es0_{i:06d}.png" for i in range(4)]
+    spec = edgelmm.load(bundle).backend.image_spec
+    processor = AutoImageProcessor.from_pretrained(folder)
+    vision = ort.InferenceSession(str(bundle / "vision.onnx"), providers=["CPUExecutionProvider"])
+    runtime = edgelmm.load(bundle)
+    fmt = ChatFormat.from_tokenizer(tok, model.generation_config)
+    for image in images:
+        from PIL import Image
+
+        theirs = processor(images=Image.open(image).convert("RGB"), return_tensors="pt")["pixel_values"]
+        ours = preprocess(image, spec)
+        assert np.abs(theirs[0].numpy() - ours).max() < 0.02  # the processor's resize, read from its config
+
+        with torch.no_grad():
+            expected = model.get_image_features(pixel_values=torch.from_numpy(ours)[None]).pooler_output[0]
+        got = vision.run(None, {"pixel_values": ours[None]})[0][0]
+        cosine = float((expected.numpy() * got).sum() / (np.linalg.norm(expected.numpy()) * np.linalg.norm(got)))
+        assert cosine >= 0.9999
+
+        before, _, after = fmt.render_text([("What is here?", None)]).partition(IMAGE_TOKEN)
+        ids = tok(before, add_special_tokens=False).input_ids + [model.config.image_token_id] * tokens + \
+            tok(after, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            generated = model.generate(input_ids=torch.tensor([ids]), pixel_values=torch.from_numpy(ours)[None],
+                                       max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id,
+                                       eos_token_id=tok.convert_tokens_to_ids(fmt.stop))[0, len(ids):]
+        answer = tok.decode(generated, skip_special_tokens=True).strip()
+        assert runtime.ask(image, "What is here?", max_tokens=8) == answer
