@@ -7,17 +7,21 @@ import numpy as np
 import pytest
 
 from edgelmm.bundle_format import MANIFEST
+from test_export import _sentencepiece_tokenizer
 
 LAYOUTS = {  # the structure of public llava-hf models, at tiny width
-    "llava-phi-3-mini-hf": dict(lm="phi3", tower="clip", feature_layer=-2, strategy="default"),
+    "llava-phi-3-mini-hf": dict(lm="phi3", tower="clip", feature_layer=-2, strategy="default", tokenizer="spm"),
+    "phi3, CLIP, byte-level BPE": dict(lm="phi3", tower="clip", feature_layer=-2, strategy="default"),
     "llava-interleave-qwen-hf": dict(lm="qwen2", tower="siglip", feature_layer=-1, strategy="full"),
     "llama, CLIP, two feature layers": dict(lm="llama", tower="clip", feature_layer=[-3, -1], strategy="default"),
     "qwen2, SigLIP, two feature layers": dict(lm="qwen2", tower="siglip", feature_layer=[1, -1], strategy="full"),
 }
 
 
-def _folder(tmp_path, lm, tower, feature_layer, strategy):
-    """A LLaVA folder as transformers saves it: config, weights, tokenizer, image processor."""
+def _folder(tmp_path, lm, tower, feature_layer, strategy, tokenizer="bpe"):
+    """A LLaVA folder as transformers saves it: config, weights, tokenizer, image processor. `tokenizer`:
+    "bpe" (byte-level, as Qwen2's) or "spm" (SentencePiece-style BPE with byte fallback, as Phi-3's
+    tokenizer.json)."""
     import torch
     from transformers import (AutoConfig, CLIPImageProcessor, CLIPVisionConfig, LlavaConfig,
                               LlavaForConditionalGeneration, SiglipImageProcessor, SiglipVisionConfig)
@@ -25,7 +29,7 @@ def _folder(tmp_path, lm, tower, feature_layer, strategy):
     from edgelmm.modeling.build import default_tokenizer
     from edgelmm.tokenizer import IMAGE_TOKEN
 
-    tok = default_tokenizer(512)
+    tok = default_tokenizer(512) if tokenizer == "bpe" else _sentencepiece_tokenizer("prepend")
     text = AutoConfig.for_model(lm, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                                 pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
@@ -92,5 +96,20 @@ def test_a_transformers_folder_exports_with_transformers_answers(layout, tmp_pat
             generated = model.generate(input_ids=torch.tensor([ids]), pixel_values=torch.from_numpy(ours)[None],
                                        max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id,
                                        eos_token_id=tok.convert_tokens_to_ids(fmt.stop))[0, len(ids):]
-        answer = tok.decode(generated, skip_special_tokens=True).strip()
-        assert runtime.ask(image, "What is here?", max_tokens=8) == answer
+        assert runtime.ask(image, "What is here?", max_tokens=8) == _text(tok, generated.tolist())
+
+
+def _text(tok, ids: list[int]) -> str:
+    """The text of generated ids as the runtime shows it: bytes joined, then decoded (an incomplete UTF-8
+    sequence is U+FFFD, where transformers' byte fallback decoder would print "<0xF8>")."""
+    import re
+
+    from edgelmm.export.gguf_tokenizer import SPACE
+
+    pieces = [p for i, p in zip(ids, tok.convert_ids_to_tokens(ids))
+              if p is not None and i not in tok.all_special_ids]  # None: embedding rows past the vocabulary
+    if not any(SPACE in p or re.fullmatch(r"<0x[0-9A-F]{2}>", p) for p in pieces):
+        return tok.decode(ids, skip_special_tokens=True).strip()  # byte-level BPE decodes bytes alike
+    data = b"".join(bytes([int(p[3:5], 16)]) if re.fullmatch(r"<0x[0-9A-F]{2}>", p) else p.replace(SPACE, " ").encode()
+                    for p in pieces)
+    return data.decode("utf-8", errors="replace").strip()
