@@ -24,6 +24,12 @@ RESIZE_RULES = ("shortest_edge_crop", "squash")
 # The decompression-bomb guard: more pixels than this are refused before decoding. It lies above the
 # 200 MP of the largest phone cameras (a decoded RGB image this size takes 750 MB).
 MAX_PIXELS = 250_000_000
+# The second guard: a large image from a file far smaller than any photo of its size. PNG's deflate and
+# JPEG stop near 350 RGB pixels per byte even for one flat colour; a 745-byte BMP (run-length coded,
+# which Pillow decodes in Python) declaring 54 megapixels took six seconds to decode. (A blank page
+# scanned at one bit per pixel compresses further, and is refused too.)
+MAX_PIXELS_PER_BYTE = 1000
+_RATIO_CHECKED_FROM = 4_000_000  # pixels: small images decode quickly whatever their ratio
 # The largest resized image `preprocess` makes before its centre crop (48 MB in RGB). Only very thin
 # images go past it (beyond about 1:100 at size 384), and they are cropped first.
 _MAX_RESIZED_PIXELS = 2**24
@@ -129,8 +135,14 @@ def _decode(fp, name: str) -> Image.Image:
                         "pip install 'edgelmm[heif]'")
     try:
         with _pillow_limits(), Image.open(fp) as img:
-            if img.width * img.height > MAX_PIXELS:  # Pillow's WebP check only fails at twice its limit
+            pixels = img.width * img.height
+            if pixels > MAX_PIXELS:  # Pillow's WebP check only fails at twice its limit
                 raise Image.DecompressionBombError(f"{img.width}x{img.height}")
+            size = fp.seek(0, io.SEEK_END)
+            if pixels >= _RATIO_CHECKED_FROM and pixels > MAX_PIXELS_PER_BYTE * size:
+                raise UserError(f"{name} declares {img.width}x{img.height} pixels in {size} bytes, far more than "
+                                "any photo holds: a damaged file or a decompression bomb")
+            fp.seek(0)
             img.load()
             return _upright_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

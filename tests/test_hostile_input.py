@@ -373,5 +373,15 @@ def test_inputs_the_fuzzer_found_are_user_errors(tmp_path, capfd):
     with pytest.raises(UserError, match="cannot read the image data as an image"):
         preprocess(found.read_bytes(), ImageSpec(size=32))
     assert capfd.readouterr().err == ""  # nor does Pillow warn on stderr about the damage
+    bomb = Path(__file__).parent / "data" / "fuzz" / "bmp-rle-54-megapixels.bin"  # 745 bytes, 6 s to decode
+    with pytest.raises(UserError, match="declares 10747911x5 pixels in 745 bytes"):
+        preprocess(bomb.read_bytes(), ImageSpec(size=32))
+    import io
+
+    from PIL import Image
+
+    flat = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (250, 250, 250)).save(flat, "PNG")  # 12 MP of one colour: still a photo
+    assert preprocess(flat.getvalue(), ImageSpec(size=32)).shape == (3, 32, 32)
     with pytest.raises(BundleError, match="cannot be used: File name too long"):
         resolve_inside(tmp_path, "vision" + "x" * 5000 + ".onnx")
