@@ -23,7 +23,6 @@ import json
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -71,7 +70,8 @@ def _manifest_input():
     from edgelmm.chat import ChatFormat
     from edgelmm.errors import UserError
 
-    bundle = Path(tempfile.mkdtemp(prefix="edgelmm-fuzz-"))
+    bundle = WORK / "manifest" / "bundle"  # libFuzzer ends the process: a temporary folder would stay
+    bundle.mkdir(parents=True, exist_ok=True)
     for name in ("vision.onnx", "lm-q4_k_m.gguf"):
         (bundle / name).write_bytes(b"\0" * 16)
 
@@ -120,7 +120,7 @@ def fuzz(target: str, seconds: int) -> dict:
     (WORK / target / "log.txt").write_text(log)
     runs = re.findall(r"stat::number_of_executed_units:\s*(\d+)", log) or re.findall(r"Done (\d+) runs", log)
     findings = re.findall(r"(Uncaught Python exception|ERROR: libFuzzer: [a-z-]+|==\d+== ERROR[^\n]*)", log)
-    return {"target": target, "seconds": round(time.monotonic() - started, 1), "executions": int(runs[-1]) if runs else None,
+    return {"target": target, "date": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.monotonic() - started, 1), "executions": int(runs[-1]) if runs else None,
             "exit_code": done.returncode, "findings": findings, "artifacts": sorted(
                 p.name for p in (WORK / target).glob("*") if p.name.startswith(("crash-", "timeout-", "oom-")))}
 
@@ -134,14 +134,17 @@ def main(argv=None) -> int:
     if args.run:
         run_target(args.run, args.seconds)
         return 0
-    rows = [fuzz(target, args.seconds) for target in args.target or TARGETS]
     from edgelmm.cpu import cpu_info
 
     machine = cpu_info().get("model name", "unknown CPU")
-    lines = ["# Fuzzing (`benchmarks/fuzz.py`)", "", f"{machine}; {time.strftime('%Y-%m-%d')}.", "",
-             "| target | seconds | executions | findings |", "|---|---|---|---|"]
+    fresh = {target: fuzz(target, args.seconds) for target in args.target or TARGETS}
+    earlier = json.loads((RESULTS / "fuzz.json").read_text()) if (RESULTS / "fuzz.json").is_file() else {}
+    kept = {r["target"]: r for r in earlier.get("targets", []) if earlier.get("machine") == machine}
+    rows = [fresh.get(t) or kept[t] for t in TARGETS if t in fresh or t in kept]  # a target run alone updates its row
+    lines = ["# Fuzzing (`benchmarks/fuzz.py`)", "", f"{machine}.", "",
+             "| target | run | seconds | executions | findings |", "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['target']} | {r['seconds']:.0f} | {r['executions']} | "
+        lines.append(f"| {r['target']} | {r['date']} | {r['seconds']:.0f} | {r['executions']} | "
                      f"{', '.join(r['findings'] + r['artifacts']) or 'none'} |")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "fuzz.json").write_text(json.dumps({"machine": machine, "targets": rows}, indent=2))
