@@ -184,8 +184,8 @@ def resolve_inside(bundle: str | Path, name: str) -> Path:
             raise BundleError(f"bundle file {shown} leads outside the bundle folder")
         if path.exists() and not is_regular(path):
             raise BundleError(f"bundle file {shown} is not a regular file")
-    except OSError as e:  # a name too long for the file system, a loop of links
-        raise BundleError(f"bundle file {shown} cannot be used: {e.strerror or e}") from None
+    except (OSError, ValueError) as e:  # too long for the file system, a loop of links, a lone surrogate
+        raise BundleError(f"bundle file {shown} cannot be used: {getattr(e, 'strerror', None) or e}") from None
     return path
 
 

@@ -113,3 +113,26 @@ def _text(tok, ids: list[int]) -> str:
     data = b"".join(bytes([int(p[3:5], 16)]) if re.fullmatch(r"<0x[0-9A-F]{2}>", p) else p.replace(SPACE, " ").encode()
                     for p in pieces)
     return data.decode("utf-8", errors="replace").strip()
+
+
+def test_a_folder_without_tokenizer_or_chat_template_is_one_clear_error(tmp_path, capfd):
+    import shutil
+
+    from edgelmm import cli
+
+    folder, _, _ = _folder(tmp_path, **LAYOUTS["llava-interleave-qwen-hf"])
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        shutil.copy(folder / name, bare / name)
+    no_template = shutil.copytree(folder, tmp_path / "no-template")
+    (no_template / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((no_template / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
+    capfd.readouterr()
+    for source, expected in ((bare, "has no tokenizer"), (no_template, "has no chat template")):
+        code = cli.main(["export", str(source), "--out", str(tmp_path / "out")])
+        err = capfd.readouterr().err
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "out").exists()

@@ -15,6 +15,7 @@ from edgelmm.imaging import ImageSpec
 from edgelmm.modeling.build import ModelParts
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # fast, SentencePiece, byte-level BPE
 
 
 def save_checkpoint(parts: ModelParts, path: str | Path, *, force: bool = False) -> Path:
@@ -53,6 +54,9 @@ def load_checkpoint(path: str | Path, *, dtype=None) -> ModelParts:
         raise CheckpointError(f"{path} holds a {model_type!r} model, not a LLaVA model")
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise CheckpointError(f"{path} has no weights (model.safetensors)")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES)}): copy the model's "
+                              "tokenizer files into the folder")
     try:
         # llava-hf's layout keeps the head under language_model.; transformers renames that key only for
         # its own class (the other keys are renamed inside its LlavaModel), so it is named here.
@@ -60,19 +64,21 @@ def load_checkpoint(path: str | Path, *, dtype=None) -> ModelParts:
         # the old layout too.
         model = EdgeLlavaForConditionalGeneration.from_pretrained(
             path, dtype=dtype or torch.float32, key_mapping={r"^language_model\.lm_head\.": "lm_head."})
-        tokenizer = add_image_token(AutoTokenizer.from_pretrained(path))
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if not tokenizer.chat_template:  # the model's own, never a default: prompts must match its training
+            tokenizer.chat_template = processor_chat_template(path)
+        tokenizer = add_image_token(tokenizer)
     except UserError:
         raise
     except Exception as e:  # safetensors, JSON and shape errors all mean a damaged checkpoint
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {first}") from None
     if edgelmm_fields(model.config).plain:
         # A plain transformers folder: its MLP projector keeps one token per patch, whatever the
         # image_seq_length its config carries (a processor-side default).
         from edgelmm.modeling.vision_towers import num_patch_tokens
 
         model.config.image_seq_length = num_patch_tokens(model.config)
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = processor_chat_template(path)
     processor_file = path / PREPROCESSOR_FILE
     if processor_file.is_file():
         processor = json.loads(processor_file.read_text())
