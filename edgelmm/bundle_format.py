@@ -208,6 +208,10 @@ def load_manifest(bundle: str | Path) -> Manifest:
         raise BundleError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BundleError(f"{path} is not an edgelmm bundle manifest")
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # JSON's \ud800 escapes decode to lone surrogates, which no file name or text holds
+        raise BundleError(f"{path} holds text that is not valid Unicode") from None
     version = data.get("format_version")
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise BundleError(f"{bundle} has bundle format {version}; this edgelmm reads up to {FORMAT_VERSION}: "

@@ -149,6 +149,7 @@ BUNDLE_CASES = {  # a hostile or broken bundle, and what the error says
     "template syntax": (_set("prompt", "chat_template", "{% for %}"), "cannot render"),
     "template without image": (_set("prompt", "chat_template", "{{ messages | length }}"), "0 times instead of once"),
     "template drops the question": (_set("prompt", "chat_template", "<image>"), "drops or changes"),
+    "lone surrogate": (_set("prompt", "system_prompt", "\ud800"), "not valid Unicode"),
 }
 
 
