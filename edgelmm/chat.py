@@ -15,6 +15,7 @@ template's own text, whose `<|end|>` or `<image>` are the model's control tokens
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from edgelmm.bundle_format import BundleError, Prompt
 
 IMAGE = object()  # the marker for the image embeddings inside a list of prompt pieces
 USER_OPEN, USER_CLOSE = "\ue000", "\ue001"  # bracket user text in a rendered prompt (Unicode private use)
+IMAGE_PLACEHOLDER = "<image>"  # the image's token in edgelmm's tokenizers and chat templates
+END_OF_TEXT = "<|endoftext|>"  # Phi-3's end of a document: also ends an answer where a vocabulary has it
 
 
 class UserText(str):
@@ -33,8 +36,6 @@ class UserText(str):
 def mark_user(text: str) -> str:
     """`text` bracketed as user text (brackets already inside it are dropped: they mean nothing there)."""
     return USER_OPEN + text.replace(USER_OPEN, "").replace(USER_CLOSE, "") + USER_CLOSE
-IMAGE_PLACEHOLDER = "<image>"  # the image's token in edgelmm's tokenizers and chat templates
-END_OF_TEXT = "<|endoftext|>"  # Phi-3's end of a document: also ends an answer where a vocabulary has it
 
 
 def stop_strings(tokenizer, generation_config=None) -> list[str]:
@@ -78,13 +79,13 @@ class ChatFormat:
         """This format, once its template has rendered a conversation of two turns with the image
         placeholder once and every question and answer kept (content as one string, else as parts);
         otherwise a BundleError."""
-        problem = self._problem()
-        if problem is not None:
-            self.content_parts = not self.content_parts
-            if self._problem() is not None:
-                self.content_parts = not self.content_parts
-                raise BundleError(problem)
-        return self
+        problems = []
+        for parts in (self.content_parts, not self.content_parts):
+            candidate = dataclasses.replace(self, content_parts=parts)
+            problems.append(candidate._problem())
+            if problems[-1] is None:
+                return candidate
+        raise BundleError(problems[0])
 
     def _problem(self) -> str | None:
         turns = [("q1", "a1"), ("q2", None)]
