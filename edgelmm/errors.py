@@ -25,3 +25,10 @@ class CheckpointError(UserError):
 
 class DataError(UserError):
     """A data record or data folder that cannot be used; the message names the record."""
+
+
+def first_line(error: BaseException) -> str:
+    """A library's error message cut to its first line (some explain themselves over several), for
+    wrapping into a UserError's one line."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -74,4 +74,6 @@ def check_processes(n: int | None) -> int | None:
 
 def check_generation(max_tokens: int, temperature: float, seed: int) -> None:
     """The options of one answer."""
-    check_max_tokens(max_tokens), check_temperature(temperature), check_seed(seed)
+    check_max_tokens(max_tokens)
+    check_temperature(temperature)
+    check_seed(seed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgelmm.errors import CheckpointError, UserError
+from edgelmm.errors import CheckpointError, UserError, first_line
 from edgelmm.fsutil import atomic_output_dir
 from edgelmm.imaging import ImageSpec
 from edgelmm.modeling.build import ModelParts
@@ -71,8 +71,7 @@ def load_checkpoint(path: str | Path, *, dtype=None) -> ModelParts:
     except UserError:
         raise
     except Exception as e:  # safetensors, JSON and shape errors all mean a damaged checkpoint
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {first}") from None
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {first_line(e)}") from None
     if edgelmm_fields(model.config).plain:
         # A plain transformers folder: its MLP projector keeps one token per patch, whatever the
         # image_seq_length its config carries (a processor-side default).

@@ -54,7 +54,8 @@ def load(model: str | Path | None = None, *, backend: str = "auto", n_threads: i
     llama.cpp's weight re-layout on or off; default: what measured fastest on this machine, see
     `edgelmm calibrate`); `dtype` (torch: "float32", "bfloat16" or "auto").
     """
-    check_threads(n_threads), check_n_ctx(n_ctx)
+    check_threads(n_threads)
+    check_n_ctx(n_ctx)
     if ttft_budget is not None:
         check_budget(ttft_budget)  # before the model loads
     started = time.perf_counter()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgelmm.bundle_format import BundleError, Vision
+from edgelmm.errors import first_line
 
 
 def open_vision_graph(path: Path, spec: Vision, options=None):
@@ -26,7 +27,7 @@ def open_session(path: Path, options=None):
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # ONNX Runtime raises its own exception types, for files it cannot parse
-        raise BundleError(f"{path.name} is damaged: ONNX Runtime cannot open it ({_first_line(e)})") from None
+        raise BundleError(f"{path.name} is damaged: ONNX Runtime cannot open it ({first_line(e)})") from None
 
 
 def signature_problems(session, spec: Vision, name: str) -> list[str]:
@@ -46,6 +47,3 @@ def signature_problems(session, spec: Vision, name: str) -> list[str]:
                         f"{spec.output.tokens} x {spec.output.width}")
     return problems
 
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
