@@ -10,7 +10,10 @@ from edgelmm.bundle_format import MANIFEST
 from test_export import _sentencepiece_tokenizer
 
 LAYOUTS = {  # the structure of public llava-hf models, at tiny width
-    "llava-phi-3-mini-hf": dict(lm="phi3", tower="clip", feature_layer=-2, strategy="default", tokenizer="spm"),
+    "llava-phi-3-mini-hf": dict(lm="phi3", tower="clip", feature_layer=-2, strategy="default",
+                                tokenizer="sentencepiece"),
+    "phi3, CLIP, SentencePiece-style tokenizer.json": dict(lm="phi3", tower="clip", feature_layer=-2,
+                                                           strategy="default", tokenizer="spm"),
     "phi3, CLIP, byte-level BPE": dict(lm="phi3", tower="clip", feature_layer=-2, strategy="default"),
     "llava-interleave-qwen-hf": dict(lm="qwen2", tower="siglip", feature_layer=-1, strategy="full"),
     "llama, CLIP, two feature layers": dict(lm="llama", tower="clip", feature_layer=[-3, -1], strategy="default"),
@@ -20,8 +23,9 @@ LAYOUTS = {  # the structure of public llava-hf models, at tiny width
 
 def _folder(tmp_path, lm, tower, feature_layer, strategy, tokenizer="bpe"):
     """A LLaVA folder as transformers saves it: config, weights, tokenizer, image processor. `tokenizer`:
-    "bpe" (byte-level, as Qwen2's) or "spm" (SentencePiece-style BPE with byte fallback, as Phi-3's
-    tokenizer.json)."""
+    "bpe" (byte-level, as Qwen2's), "sentencepiece" (a BPE model with byte fallback trained by the
+    sentencepiece library and converted by transformers, as Phi-3's tokenizer.model) or "spm" (the
+    same kind written directly as a tokenizer.json in Llama-2's layout)."""
     import torch
     from transformers import (AutoConfig, CLIPImageProcessor, CLIPVisionConfig, LlavaConfig,
                               LlavaForConditionalGeneration, SiglipImageProcessor, SiglipVisionConfig)
@@ -29,7 +33,8 @@ def _folder(tmp_path, lm, tower, feature_layer, strategy, tokenizer="bpe"):
     from edgelmm.modeling.build import default_tokenizer
     from edgelmm.tokenizer import IMAGE_TOKEN
 
-    tok = default_tokenizer(512) if tokenizer == "bpe" else _sentencepiece_tokenizer("prepend")
+    tok = {"bpe": lambda: default_tokenizer(512), "spm": lambda: _sentencepiece_tokenizer("prepend"),
+           "sentencepiece": lambda: _trained_sentencepiece(tmp_path / "spm")}[tokenizer]()
     text = AutoConfig.for_model(lm, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                                 pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
@@ -44,6 +49,8 @@ def _folder(tmp_path, lm, tower, feature_layer, strategy, tokenizer="bpe"):
     folder = tmp_path / "folder"
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
+    if tokenizer == "sentencepiece":  # published beside tokenizer.json, as Phi-3's is
+        (folder / "tokenizer.model").write_bytes((tmp_path / "spm" / "tokenizer.model").read_bytes())
     if tower == "clip":
         CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     else:
@@ -97,6 +104,33 @@ def test_a_transformers_folder_exports_with_transformers_answers(layout, tmp_pat
                                        max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id,
                                        eos_token_id=tok.convert_tokens_to_ids(fmt.stop))[0, len(ids):]
         assert runtime.ask(image, "What is here?", max_tokens=8) == _text(tok, generated.tolist())
+
+
+def _trained_sentencepiece(folder):
+    """Phi-3's tokenizer kind: a SentencePiece BPE model with byte fallback (trained here by the
+    sentencepiece library), loaded by transformers from tokenizer.model, with Phi-3's chat tokens."""
+    import sentencepiece
+    from tokenizers import normalizers
+    from transformers import AutoTokenizer
+
+    from edgelmm.export.gguf_tokenizer import SPACE
+    from edgelmm.tokenizer import add_image_token
+    from test_export import CHAT_TOKENS, TRAIN_TEXT
+
+    folder.mkdir()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(TRAIN_TEXT * 20), model_prefix=str(folder / "tokenizer"), vocab_size=400,
+        model_type="bpe", byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        normalization_rule_name="identity", minloglevel=2)
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "legacy": False}))
+    tok = AutoTokenizer.from_pretrained(folder, extra_special_tokens=CHAT_TOKENS)
+    # Phi-3's published tokenizer.json writes "▁" with Prepend + Replace normalizers (a leading space
+    # becomes "▁▁"), not the Metaspace that transformers' converter builds from tokenizer.model.
+    tok.backend_tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend(SPACE), normalizers.Replace(" ", SPACE)])
+    tok.backend_tokenizer.pre_tokenizer = None
+    return add_image_token(tok)
 
 
 def _text(tok, ids: list[int]) -> str:
