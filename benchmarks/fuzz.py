@@ -120,7 +120,8 @@ def fuzz(target: str, seconds: int) -> dict:
     (WORK / target / "log.txt").write_text(log)
     runs = re.findall(r"stat::number_of_executed_units:\s*(\d+)", log) or re.findall(r"Done (\d+) runs", log)
     findings = re.findall(r"(Uncaught Python exception|ERROR: libFuzzer: [a-z-]+|==\d+== ERROR[^\n]*)", log)
-    return {"target": target, "date": time.strftime("%Y-%m-%d %H:%M"), "seconds": round(time.monotonic() - started, 1), "executions": int(runs[-1]) if runs else None,
+    return {"target": target, "date": time.strftime("%Y-%m-%d %H:%M"),
+            "seconds": round(time.monotonic() - started, 1), "executions": int(runs[-1]) if runs else None,
             "exit_code": done.returncode, "findings": findings, "artifacts": sorted(
                 p.name for p in (WORK / target).glob("*") if p.name.startswith(("crash-", "timeout-", "oom-")))}
 

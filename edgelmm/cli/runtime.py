@@ -27,13 +27,15 @@ def _runtime_options(command):
         click.option("--temperature", default=0.0, show_default=True, type=Checked(float, options.check_temperature)),
         click.option("--threads", type=Checked(int, options.check_threads),
                      help="CPU threads [default: one per physical core]."),
-        click.option("--ctx", "n_ctx", type=Checked(int, options.check_n_ctx), help="A fixed context in positions [default: "
+        click.option("--ctx", "n_ctx", type=Checked(int, options.check_n_ctx),
+                     help="A fixed context in positions [default: "
                      "sized to the question, growing with a conversation]."),
         click.option("--image-tokens", type=int, help="Read only this many image tokens, the most important "
                      "[default: all]."),
         click.option("--merge", default=0, show_default=True, type=int,
                      help="Of --image-tokens, how many merge the tokens left out."),
-        click.option("--ttft-budget", type=Checked(float, options.check_budget), help="Seconds to the first word: read the most image tokens "
+        click.option("--ttft-budget", type=Checked(float, options.check_budget),
+                     help="Seconds to the first word: read the most image tokens "
                      "that fit (measured on this machine at first use)."),
         click.option("-v", "--verbose", is_flag=True, help="Show library logs and tracebacks."),
     ]):
@@ -114,7 +116,8 @@ def chat(ctx: click.Context, image: str, max_tokens, temperature, **runtime) -> 
 @app.command()
 @click.option("--model", "-m", "model_path", type=click.Path(), help="Bundle folder [default: $EDGELMM_MODEL, "
               "else the built-in demo model].")
-@click.option("--threads", type=Checked(int, options.check_threads), help="CPU threads [default: one per physical core].")
+@click.option("--threads", type=Checked(int, options.check_threads),
+              help="CPU threads [default: one per physical core].")
 @click.option("--show", is_flag=True, help="Print what this machine has stored for the bundle; measure nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
 def calibrate(model_path, threads, show, as_json) -> None:
