@@ -10,6 +10,8 @@ Plain dataclasses, not pydantic: the runtime stays small on edge devices. Torch-
 Versioning (`format_version`):
 - Adding an optional field (one with a default, which older runtimes ignore) or a file under a new role
   that the runtime does not need (as `mmproj`, read only by llama.cpp's own tools) keeps the version.
+- A new value of an enumerated field (as the `letterbox` resize rule) keeps it too: an older runtime
+  refuses the manifest, naming the field and the values it knows, and misreads nothing.
 - Anything an older runtime would misread bumps it: a new required field or file role, a field renamed,
   removed or given another meaning or unit. A runtime refuses bundles newer than it reads, naming the
   upgrade, and keeps reading every older version.
@@ -63,7 +65,7 @@ class VisionInput:
     dtype: str = field(default="float32", metadata={"enum": ["float32"]})
     channel_order: str = field(default="RGB", metadata={"enum": ["RGB"]})
     size: int = field(metadata={"minimum": 1, "maximum": 4096})
-    resize: str = field(metadata={"enum": ["shortest_edge_crop", "squash"]})
+    resize: str = field(metadata={"enum": ["shortest_edge_crop", "squash", "letterbox"]})
     resample: str = field(metadata={"enum": ["bicubic", "bilinear", "nearest"]})
     mean: list[float] = field(metadata={"length": 3})
     std: list[float] = field(metadata={"length": 3, "nonzero": True})

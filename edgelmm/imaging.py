@@ -20,7 +20,7 @@ from PIL import Image, ImageFile, ImageOps
 from edgelmm.errors import UserError
 from edgelmm.fsutil import open_regular
 
-RESIZE_RULES = ("shortest_edge_crop", "squash")
+RESIZE_RULES = ("shortest_edge_crop", "squash", "letterbox")
 # The decompression-bomb guard: more pixels than this are refused before decoding. It lies above the
 # 200 MP of the largest phone cameras (a decoded RGB image this size takes 750 MB).
 MAX_PIXELS = 250_000_000
@@ -43,7 +43,10 @@ class ImageSpec:
     """How an image becomes `pixel_values`: resize rule, size, resampling filter, normalization (RGB)."""
 
     size: int
-    resize: str = "shortest_edge_crop"  # CLIP: shortest edge to `size`, centre crop; "squash": SigLIP
+    # "shortest_edge_crop" (CLIP): shortest edge to `size`, centre crop; "squash" (SigLIP): both edges to
+    # `size`; "letterbox" (llama.cpp's LLaVA-1.5 preprocessing): the whole image fitted inside a square of
+    # the mean colour, centred
+    resize: str = "shortest_edge_crop"
     resample: str = "bicubic"
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -67,6 +70,8 @@ class ImageSpec:
         common = {"do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
                   "do_convert_rgb": True, "image_mean": list(self.mean), "image_std": list(self.std),
                   "resample": _HF_RESAMPLE[self.resample]}
+        if self.resize == "letterbox":
+            raise UserError("Hugging Face image processors have no letterbox resize")
         if self.resize == "shortest_edge_crop":
             return {"image_processor_type": "CLIPImageProcessor", **common,
                     "size": {"shortest_edge": self.size}, "do_center_crop": True,
@@ -200,6 +205,17 @@ def _upright_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")  # palette, CMYK, grayscale, YCbCr...
 
 
+def _letterbox(img: Image.Image, spec: ImageSpec, resample) -> Image.Image:
+    """The whole image scaled to fit `size` x `size` (edges rounded up, as llama.cpp does), centred on the
+    mean colour (LLaVA-1.5's padding colour: normalized, it is zero)."""
+    w, h = img.size
+    scale = min(spec.size / w, spec.size / h)
+    new_w, new_h = min(math.ceil(w * scale), spec.size), min(math.ceil(h * scale), spec.size)
+    canvas = Image.new("RGB", (spec.size, spec.size), tuple(int(m * 255) for m in spec.mean))
+    canvas.paste(img.resize((new_w, new_h), resample), ((spec.size - new_w) // 2, (spec.size - new_h) // 2))
+    return canvas
+
+
 def preprocess(image, spec: ImageSpec) -> np.ndarray:
     """The model input for one image: float32 array (3, size, size), normalized RGB.
 
@@ -211,6 +227,8 @@ def preprocess(image, spec: ImageSpec) -> np.ndarray:
     resample = _RESAMPLE[spec.resample]
     if spec.resize == "squash":
         img = img.resize((spec.size, spec.size), resample)
+    elif spec.resize == "letterbox":
+        img = _letterbox(img, spec, resample)
     else:
         # Shortest edge to `size` (the long edge truncated as Hugging Face does), then a centre crop.
         short, long = (w, h) if w <= h else (h, w)

@@ -1,7 +1,7 @@
 """The `edgelmm` command: `main()` runs it and turns errors into exit codes.
 
-Commands live by group: models (presets, build), training (data, train, eval), bundles (export, show,
-verify, quantize), runtime (ask, chat, calibrate). A user's mistake is one line on stderr and exit code
+Commands live by group: models (presets, build), training (data, train, eval), bundles (export, import,
+show, verify, quantize), runtime (ask, chat, calibrate). A user's mistake is one line on stderr and exit code
 2; `-v` adds the traceback.
 """
 

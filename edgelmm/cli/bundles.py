@@ -1,4 +1,4 @@
-"""`edgelmm export`, `show`, `verify` and `quantize report`: making and checking bundles."""
+"""`edgelmm export`, `import`, `show`, `verify` and `quantize report`: making and checking bundles."""
 
 from __future__ import annotations
 
@@ -11,14 +11,16 @@ from edgelmm.errors import UserError
 from edgelmm.quantize.gguf import ALL_TYPES
 from edgelmm.quantize.onnx import VISION_PRECISIONS
 
+_vision_option = click.option("--vision", default="fp32", show_default=True, type=click.Choice(VISION_PRECISIONS),
+                              help="Vision graph precision.")
+
 
 @app.command()
 @click.argument("checkpoint", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
 @click.option("--quant", default="q4_k_m", show_default=True, type=click.Choice(ALL_TYPES),
               help="Language-model weights.")
-@click.option("--vision", default="fp32", show_default=True, type=click.Choice(VISION_PRECISIONS),
-              help="Vision graph precision.")
+@_vision_option
 @click.option("--mmproj", is_flag=True,
               help="Also write the vision tower and projector as llama.cpp's mmproj GGUF (mmproj-f16.gguf).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
@@ -89,3 +91,57 @@ def quantize_report(checkpoint: str, data: str, limit: int, json_out: str | None
         atomic_write_text(json_out, json.dumps(report, indent=2))
     if md_out:
         atomic_write_text(md_out, markdown + "\n")
+
+
+@app.group("import")
+def import_() -> None:
+    """Bundles from models made elsewhere: llama.cpp GGUF pairs, a local Ollama store."""
+
+
+_template_option = click.option(
+    "--template", metavar="NAME|FILE",
+    help="Chat template when the language model's GGUF has none: a name (phi3, chatml, llama3, vicuna) "
+         "or a Jinja2 file.")
+_link_option = click.option("--link", is_flag=True,
+                            help="Hard-link the GGUF files into the bundle instead of copying them (same file system).")
+
+
+@import_.command("gguf")
+@click.argument("lm", type=click.Path())
+@click.argument("mmproj", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
+@_vision_option
+@_link_option
+@_template_option
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+def import_gguf(lm: str, mmproj: str, out: str, vision: str, link: bool, template: str | None, force: bool) -> None:
+    """A bundle from LM (a language-model GGUF) and MMPROJ (its vision part, llama.cpp's mmproj GGUF)."""
+    from edgelmm.importers.gguf_pair import import_gguf as run
+
+    path = run(lm, mmproj, out, vision=vision, link=link, template=template, force=force,
+               log=lambda message: click.echo(message, err=True))
+    click.echo(f"wrote bundle {path}")
+
+
+@import_.command("ollama")
+@click.argument("name")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder to write.")
+@click.option("--store", type=click.Path(file_okay=False),
+              help="Ollama's model folder (default: $OLLAMA_MODELS, else ~/.ollama/models).")
+@_vision_option
+@_link_option
+@_template_option
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+def import_ollama(name: str, out: str, store: str | None, vision: str, link: bool, template: str | None,
+                  force: bool) -> None:
+    """A bundle from the Ollama model NAME (as `ollama list` shows it) in the local store."""
+    from edgelmm.importers.gguf_pair import import_gguf as run
+    from edgelmm.importers.ollama import find_model
+
+    model = find_model(name, store)
+    hint = model.template_hint()
+    path = run(model.model, model.projector, out, vision=vision, link=link, template=template, force=force,
+               log=lambda message: click.echo(message, err=True), system=model.system, stop=model.stop,
+               missing_hint=f"; Ollama's own template looks like {hint!r}" if hint else "",
+               digests=model.digests, source=f"ollama:{name}")
+    click.echo(f"wrote bundle {path}")

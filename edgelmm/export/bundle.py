@@ -19,6 +19,7 @@ from edgelmm.quantize.gguf import ALL_TYPES, EXPORT_TYPES, QUANT_SOURCE, quantiz
 from edgelmm.quantize.onnx import VISION_PRECISIONS, convert_vision
 
 DEFAULT_MAX_TOKENS = 256
+VISION_FILE = "vision.onnx"
 
 
 def check_exportable(parts) -> None:
@@ -32,6 +33,10 @@ def check_exportable(parts) -> None:
 def _check_options(quant: str, vision: str) -> None:
     if quant not in ALL_TYPES:
         raise ConfigError(f"unknown quantization {quant!r}; valid: {', '.join(ALL_TYPES)}")
+    check_vision_precision(vision)
+
+
+def check_vision_precision(vision: str) -> None:
     if vision not in VISION_PRECISIONS:
         raise ConfigError(f"unknown vision precision {vision!r}; valid: {', '.join(VISION_PRECISIONS)}")
 
@@ -59,8 +64,6 @@ def write_bundle(parts, out: str | Path, *, quant: str = "q4_k_m", vision: str =
     """
     from edgelmm.export.gguf_lm import export_gguf
     from edgelmm.export.mmproj import MMPROJ_FILE, check_mmproj, export_mmproj
-    from edgelmm.export.onnx_vision import IMPORTANCE_NAME, OUTPUT_NAME, export_vision_onnx
-    from edgelmm.modeling.vision_encoder import has_token_scores
     from edgelmm.modeling.config import edgelmm_fields
 
     _check_options(quant, vision)
@@ -70,11 +73,7 @@ def write_bundle(parts, out: str | Path, *, quant: str = "q4_k_m", vision: str =
     config = parts.model.config
     lm_file = f"lm-{quant}.gguf"
     with atomic_output_dir(out, force) as tmp:
-        log("exporting the vision tower and projector to ONNX")
-        importance = has_token_scores(config)  # per-token scores, where the projector keeps the tokens apart
-        exported = export_vision_onnx(parts.model, tmp / "vision-fp32.onnx", parts.image_spec.size, importance)
-        convert_vision(exported, tmp / "vision.onnx", vision)
-        exported.unlink()
+        vision_entry = write_vision_graph(parts.model, parts.image_spec, tmp, vision, log)
         if quant in EXPORT_TYPES:
             log(f"writing the language model to GGUF ({quant})")
             export_gguf(parts, tmp / lm_file, dtype=quant, materialize=materialize)
@@ -88,29 +87,51 @@ def write_bundle(parts, out: str | Path, *, quant: str = "q4_k_m", vision: str =
         if mmproj:
             log("writing the vision tower and projector as llama.cpp's mmproj GGUF")
             export_mmproj(parts, tmp / MMPROJ_FILE)
-        log("hashing the files and writing the manifest")
-        files = {"vision": file_entry(tmp, "vision.onnx"), "lm": file_entry(tmp, lm_file)}
-        if mmproj:
-            files["mmproj"] = file_entry(tmp, MMPROJ_FILE)  # for llama.cpp's own tools; the runtime does not read it
-        for extra in sorted(p.name for p in tmp.iterdir() if p.name not in ("vision.onnx", lm_file, MMPROJ_FILE)):
-            files[f"vision_data:{extra}"] = file_entry(tmp, extra)  # external weights of a large graph
-        manifest = Manifest(
-            files=files,
-            vision=Vision(precision=vision,
-                          input=VisionInput(name="pixel_values", **parts.image_spec.to_dict()),
-                          output=VisionOutput(name=OUTPUT_NAME, tokens=parts.num_image_tokens,
-                                              width=config.text_config.hidden_size,
-                                              importance=IMPORTANCE_NAME if importance else None),
-                          projector=edgelmm_fields(config).projector),
+        finish_bundle(
+            tmp, lm_file, MMPROJ_FILE if mmproj else None, vision=vision_entry,
             lm=LanguageModel(architecture=config.text_config.model_type, quant=quant,
                              context_length=config.text_config.max_position_embeddings,
                              vocab_size=config.text_config.vocab_size),
-            prompt=ChatFormat.from_tokenizer(parts.tokenizer, parts.model.generation_config).to_manifest(),
-            generation=Generation(max_tokens=DEFAULT_MAX_TOKENS, temperature=0.0),
-            provenance=Provenance(
-                edgelmm_version=__version__, source_checkpoint=str(Path(source).resolve()) if source else None,
-                preset=edgelmm_fields(config).preset,
-                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")),
-        )
-        save_manifest(tmp, Manifest.from_dict(manifest.to_dict()))  # validated as a runtime will read it
+            prompt=ChatFormat.from_tokenizer(parts.tokenizer, parts.model.generation_config),
+            source=str(Path(source).resolve()) if source else None, preset=edgelmm_fields(config).preset,
+            log=log)
     return Path(out)
+
+
+def write_vision_graph(model, image_spec, folder: Path, precision: str, log) -> Vision:
+    """Export the vision half of `model` (a LLaVA model, or anything laid out as `VisionEncoder` reads
+    one) to `folder`/vision.onnx at `precision`; returns the manifest's `vision`."""
+    from edgelmm.export.onnx_vision import IMPORTANCE_NAME, OUTPUT_NAME, export_vision_onnx
+    from edgelmm.modeling.config import edgelmm_fields
+    from edgelmm.modeling.projectors import num_image_tokens
+    from edgelmm.modeling.vision_encoder import has_token_scores
+
+    log("exporting the vision tower and projector to ONNX")
+    config = model.config
+    importance = has_token_scores(config)  # per-token scores, where the projector keeps the tokens apart
+    exported = export_vision_onnx(model, folder / "vision-fp32.onnx", image_spec.size, importance)
+    convert_vision(exported, folder / VISION_FILE, precision)
+    exported.unlink()
+    return Vision(precision=precision, input=VisionInput(name="pixel_values", **image_spec.to_dict()),
+                  output=VisionOutput(name=OUTPUT_NAME, tokens=num_image_tokens(config),
+                                      width=config.text_config.hidden_size,
+                                      importance=IMPORTANCE_NAME if importance else None),
+                  projector=edgelmm_fields(config).projector)
+
+
+def finish_bundle(folder: Path, lm_file: str, mmproj_file: str | None, *, vision: Vision, lm: LanguageModel,
+                  prompt: ChatFormat, source: str | None, preset: str | None = None, log) -> None:
+    """Hash the files in `folder` (vision.onnx and its external data, the LM, the mmproj) and write the
+    manifest, validated as a runtime will read it."""
+    log("hashing the files and writing the manifest")
+    files = {"vision": file_entry(folder, VISION_FILE), "lm": file_entry(folder, lm_file)}
+    if mmproj_file:
+        files["mmproj"] = file_entry(folder, mmproj_file)  # for llama.cpp's own tools; the runtime does not read it
+    for extra in sorted(p.name for p in folder.iterdir() if p.name not in (VISION_FILE, lm_file, mmproj_file)):
+        files[f"vision_data:{extra}"] = file_entry(folder, extra)  # external weights of a large graph
+    manifest = Manifest(
+        files=files, vision=vision, lm=lm, prompt=prompt.to_manifest(),
+        generation=Generation(max_tokens=DEFAULT_MAX_TOKENS, temperature=0.0),
+        provenance=Provenance(edgelmm_version=__version__, source_checkpoint=source, preset=preset,
+                              created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")))
+    save_manifest(folder, Manifest.from_dict(manifest.to_dict()))

@@ -50,7 +50,7 @@ _TOWER_NAMES = [
 ]
 # Not part of LLaVA's features: the pooled output's norm and SigLIP's attention-pooling head.
 _UNUSED = re.compile(r"post_layernorm\.|head\.")
-_PROJECTOR_NAMES = {"linear_1.weight": "mm.0.weight", "linear_1.bias": "mm.0.bias",
+PROJECTOR_NAMES = {"linear_1.weight": "mm.0.weight", "linear_1.bias": "mm.0.bias",
                     "linear_2.weight": "mm.2.weight", "linear_2.bias": "mm.2.bias"}
 # The tower's FFN activation -> clip.use_gelu (llama.cpp's default without it is quick GELU).
 _GELU_ACTS = {"quick_gelu": False, "gelu": True, "gelu_pytorch_tanh": True, "gelu_new": True}
@@ -72,27 +72,37 @@ def check_mmproj(parts) -> None:
     feature_depth(config)
 
 
+def tower_module(tower):
+    """The ViT itself inside a LLaVA vision tower (older transformers wrap it once more)."""
+    return getattr(tower, "vision_model", tower)
+
+
 def _tower(parts):
-    tower = parts.model.model.vision_tower
-    return getattr(tower, "vision_model", tower)  # older transformers wrap the transformer once more
+    return tower_module(parts.model.model.vision_tower)
+
+
+def tower_tensor_name(hf_name: str) -> tuple[str, int | None] | None:
+    """llama.cpp's name for the Hugging Face tower tensor `hf_name` and its layer (None outside the
+    layers); None for tensors LLaVA's features never use."""
+    if _UNUSED.match(hf_name) or hf_name.endswith("position_ids"):
+        return None
+    for pattern, template in _TOWER_NAMES:
+        match = re.fullmatch(pattern, hf_name)
+        if match:
+            layer = int(match.group(1)) if hf_name.startswith("encoder.layers.") else None
+            return template.format(*match.groups()), layer
+    raise ConfigError(f"no mmproj name for vision tensor {hf_name}")
 
 
 def _tensors(parts, depth: int):
     """(llama.cpp name, float32 array) of the tower up to `depth` layers and the projector."""
     for hf_name, tensor in _tower(parts).state_dict().items():
-        if _UNUSED.match(hf_name) or hf_name.endswith("position_ids"):
-            continue
-        for pattern, template in _TOWER_NAMES:
-            match = re.fullmatch(pattern, hf_name)
-            if match:
-                break
-        else:
-            raise ConfigError(f"no mmproj name for vision tensor {hf_name}")
-        if hf_name.startswith("encoder.layers.") and int(match.group(1)) >= depth:
-            continue  # past the feature layer: never part of the features
-        yield template.format(*match.groups()), tensor.detach().float().numpy()
+        named = tower_tensor_name(hf_name)
+        if named is None or (named[1] is not None and named[1] >= depth):
+            continue  # unused, or past the feature layer: never part of the features
+        yield named[0], tensor.detach().float().numpy()
     for hf_name, tensor in parts.model.model.multi_modal_projector.state_dict().items():
-        yield _PROJECTOR_NAMES[hf_name], tensor.detach().float().numpy()
+        yield PROJECTOR_NAMES[hf_name], tensor.detach().float().numpy()
 
 
 def export_mmproj(parts, path: str | Path, name: str = "edgelmm") -> Path:
