@@ -16,6 +16,7 @@ from edgelmm.imaging import ImageSpec, open_image, preprocess
 CLIP = ImageSpec(size=32, resize="shortest_edge_crop", mean=(0.48145466, 0.4578275, 0.40821073),
                  std=(0.26862954, 0.26130258, 0.27577711))
 SIGLIP = ImageSpec(size=32, resize="squash")
+LETTERBOX = ImageSpec(size=32, resize="letterbox", mean=CLIP.mean, std=CLIP.std)
 
 
 def photo(w=57, h=41, seed=0):
@@ -211,6 +212,24 @@ def test_tiny_and_very_thin_images_are_processed(size, spec):
     x = preprocess(Image.new("RGB", size, (200, 100, 50)), spec)
     expected = (np.array([200, 100, 50]) / 255 - spec.mean) / spec.std
     assert x.shape == (3, 32, 32) and np.allclose(x, expected[:, None, None], atol=1e-5)
+
+
+def test_letterbox_fits_the_whole_image_on_the_mean_colour():
+    """llama.cpp's LLaVA-1.5 preprocessing: scaled to fit (edges rounded up), centred, padded with the
+    mean colour, which normalizes to about zero."""
+    wide = preprocess(Image.new("RGB", (64, 20), (200, 100, 50)), LETTERBOX)  # fits as 32 x 10, rows 11..20
+    colour = (np.array([200, 100, 50]) / 255 - LETTERBOX.mean) / LETTERBOX.std
+    assert np.allclose(wide[:, 11:21], colour[:, None, None], atol=1e-5)
+    assert np.abs(wide[:, :11]).max() < 0.02 and np.abs(wide[:, 21:]).max() < 0.02
+    tall = preprocess(Image.new("RGB", (20, 64), (200, 100, 50)), LETTERBOX)
+    assert np.allclose(tall, wide.transpose(0, 2, 1))
+    with pytest.raises(UserError, match="no letterbox"):
+        LETTERBOX.to_hf()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (20000, 100), (100, 20000), (1, 100_000)])
+def test_letterbox_takes_any_shape(size):
+    assert preprocess(Image.new("RGB", size, (200, 100, 50)), LETTERBOX).shape == (3, 32, 32)
 
 
 def test_very_thin_images_resample_only_the_crop_and_stay_close(monkeypatch):

@@ -23,12 +23,14 @@ _vision_option = click.option("--vision", default="fp32", show_default=True, typ
 @_vision_option
 @click.option("--mmproj", is_flag=True,
               help="Also write the vision tower and projector as llama.cpp's mmproj GGUF (mmproj-f16.gguf).")
+@click.option("--ollama", is_flag=True,
+              help="Also write an Ollama Modelfile (and the mmproj it names): `ollama create NAME -f Modelfile`.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
-def export(checkpoint: str, out: str, quant: str, vision: str, mmproj: bool, force: bool) -> None:
+def export(checkpoint: str, out: str, quant: str, vision: str, mmproj: bool, ollama: bool, force: bool) -> None:
     """Export CHECKPOINT to a bundle: vision.onnx + the LM as GGUF + edgelmm.json."""
     from edgelmm.export.bundle import export_bundle
 
-    path = export_bundle(checkpoint, out, quant=quant, vision=vision, mmproj=mmproj, force=force,
+    path = export_bundle(checkpoint, out, quant=quant, vision=vision, mmproj=mmproj, ollama=ollama, force=force,
                          log=lambda message: click.echo(message, err=True))
     click.echo(f"wrote bundle {path}")
 

@@ -42,34 +42,38 @@ def check_vision_precision(vision: str) -> None:
 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, *, quant: str = "q4_k_m", vision: str = "fp32",
-                  mmproj: bool = False, force: bool = False, log=lambda message: None) -> Path:
+                  mmproj: bool = False, ollama: bool = False, force: bool = False, log=lambda message: None) -> Path:
     """Export `checkpoint` to the bundle folder `out`; returns its path."""
     from edgelmm.modeling import load_checkpoint
 
     _check_options(quant, vision)
     check_output_dir(out, force)  # before minutes of work, not only at the end
     parts = load_checkpoint(checkpoint)
-    return write_bundle(parts, out, quant=quant, vision=vision, mmproj=mmproj, force=force, log=log,
+    return write_bundle(parts, out, quant=quant, vision=vision, mmproj=mmproj, ollama=ollama, force=force, log=log,
                         source=checkpoint)
 
 
 def write_bundle(parts, out: str | Path, *, quant: str = "q4_k_m", vision: str = "fp32", mmproj: bool = False,
-                 force: bool = False, log=lambda message: None, source: str | Path | None = None,
+                 ollama: bool = False, force: bool = False, log=lambda message: None, source: str | Path | None = None,
                  materialize=None) -> Path:
     """Write the bundle of `parts` (ModelParts) to the folder `out`; returns its path.
 
-    `mmproj` adds the vision tower and projector as llama.cpp's mmproj GGUF too. `log` is told each step
+    `mmproj` adds the vision tower and projector as llama.cpp's mmproj GGUF too; `ollama` adds it and
+    an Ollama Modelfile. `log` is told each step
     as it starts. `source` is the checkpoint recorded as provenance; `materialize` goes to
     `export_gguf`, for a language model on the meta device.
     """
     from edgelmm.export.gguf_lm import export_gguf
     from edgelmm.export.mmproj import MMPROJ_FILE, check_mmproj, export_mmproj
+    from edgelmm.export.ollama import go_template, write_modelfile
     from edgelmm.modeling.config import edgelmm_fields
 
     _check_options(quant, vision)
     check_exportable(parts)
-    if mmproj:
+    if mmproj or ollama:
         check_mmproj(parts)  # before minutes of work
+    if ollama:
+        go_template(ChatFormat.from_tokenizer(parts.tokenizer, parts.model.generation_config))
     config = parts.model.config
     lm_file = f"lm-{quant}.gguf"
     with atomic_output_dir(out, force) as tmp:
@@ -84,16 +88,20 @@ def write_bundle(parts, out: str | Path, *, quant: str = "q4_k_m", vision: str =
             log(f"quantizing the language model to {quant} with llama.cpp")
             quantize_gguf(source_file, tmp / lm_file, quant)
             source_file.unlink()
-        if mmproj:
+        roles = {"lm": lm_file}
+        if mmproj or ollama:
             log("writing the vision tower and projector as llama.cpp's mmproj GGUF")
-            export_mmproj(parts, tmp / MMPROJ_FILE)
+            roles["mmproj"] = export_mmproj(parts, tmp / MMPROJ_FILE).name
+        chat = ChatFormat.from_tokenizer(parts.tokenizer, parts.model.generation_config)
+        if ollama:
+            log("writing the Ollama Modelfile")
+            roles["modelfile"] = write_modelfile(tmp, chat, lm_file, MMPROJ_FILE, DEFAULT_MAX_TOKENS, 0.0)
         finish_bundle(
-            tmp, lm_file, MMPROJ_FILE if mmproj else None, vision=vision_entry,
+            tmp, roles, vision=vision_entry,
             lm=LanguageModel(architecture=config.text_config.model_type, quant=quant,
                              context_length=config.text_config.max_position_embeddings,
                              vocab_size=config.text_config.vocab_size),
-            prompt=ChatFormat.from_tokenizer(parts.tokenizer, parts.model.generation_config),
-            source=str(Path(source).resolve()) if source else None, preset=edgelmm_fields(config).preset,
+            prompt=chat, source=str(Path(source).resolve()) if source else None, preset=edgelmm_fields(config).preset,
             log=log)
     return Path(out)
 
@@ -119,15 +127,15 @@ def write_vision_graph(model, image_spec, folder: Path, precision: str, log) -> 
                   projector=edgelmm_fields(config).projector)
 
 
-def finish_bundle(folder: Path, lm_file: str, mmproj_file: str | None, *, vision: Vision, lm: LanguageModel,
-                  prompt: ChatFormat, source: str | None, preset: str | None = None, log) -> None:
-    """Hash the files in `folder` (vision.onnx and its external data, the LM, the mmproj) and write the
-    manifest, validated as a runtime will read it."""
+def finish_bundle(folder: Path, roles: dict[str, str], *, vision: Vision, lm: LanguageModel, prompt: ChatFormat,
+                  source: str | None, preset: str | None = None, log) -> None:
+    """Hash the files in `folder` and write the manifest, validated as a runtime will read it. `roles`
+    names the files beside vision.onnx ("lm", and "mmproj" and "modelfile", for llama.cpp's and Ollama's
+    tools: the runtime does not read them); any other file is external data of the vision graph."""
     log("hashing the files and writing the manifest")
-    files = {"vision": file_entry(folder, VISION_FILE), "lm": file_entry(folder, lm_file)}
-    if mmproj_file:
-        files["mmproj"] = file_entry(folder, mmproj_file)  # for llama.cpp's own tools; the runtime does not read it
-    for extra in sorted(p.name for p in folder.iterdir() if p.name not in (VISION_FILE, lm_file, mmproj_file)):
+    roles = {"vision": VISION_FILE, **roles}
+    files = {role: file_entry(folder, name) for role, name in roles.items()}
+    for extra in sorted(p.name for p in folder.iterdir() if p.name not in roles.values()):
         files[f"vision_data:{extra}"] = file_entry(folder, extra)  # external weights of a large graph
     manifest = Manifest(
         files=files, vision=vision, lm=lm, prompt=prompt.to_manifest(),

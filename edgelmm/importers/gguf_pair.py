@@ -88,7 +88,7 @@ def import_gguf(lm: str | Path, mmproj: str | Path, out: str | Path, *, vision: 
         log(f"{'linking' if link else 'copying'} the language model and the mmproj")
         _place(lm, tmp / lm_file, link)
         _place(mmproj, tmp / mmproj_file, link)
-        finish_bundle(tmp, lm_file, mmproj_file, vision=vision_entry,
+        finish_bundle(tmp, {"lm": lm_file, "mmproj": mmproj_file}, vision=vision_entry,
                       lm=LanguageModel(architecture=facts.architecture, quant=facts.quant,
                                        context_length=facts.context_length, vocab_size=facts.vocab_size),
                       prompt=chat, source=source or f"{lm.resolve()} + {mmproj.resolve()}", log=log)
