@@ -50,6 +50,8 @@ def show(bundle: str) -> None:
              f"vocabulary {lm.vocab_size})",
              *([f"mmproj      {files['mmproj'].path} (the vision part for llama.cpp's own multimodal tools)"]
                if "mmproj" in files else []),
+             *([f"ollama      {files['modelfile'].path} (in the bundle folder: ollama create NAME -f Modelfile)"]
+               if "modelfile" in files else []),
              f"prompt      image placeholder {m.prompt.image_placeholder}, stops at {', '.join(m.prompt.stop)}",
              f"generation  max {m.generation.max_tokens} tokens, temperature {m.generation.temperature}",
              f"made by     edgelmm {m.provenance.edgelmm_version} from {m.provenance.source_checkpoint} "
