@@ -72,8 +72,29 @@ def check_processes(n: int | None) -> int | None:
     return None if n is None else _whole(n, "workers", 1, max_threads())
 
 
-def check_generation(max_tokens: int, temperature: float, seed: int) -> None:
+def check_top_p(p: float) -> float:
+    p = _number(p, "top_p", 0.0, 1.0)
+    if p == 0:
+        raise UserError("top_p must be above 0 (1 keeps every token)")
+    return p
+
+
+MAX_STOPS, MAX_STOP_LENGTH = 16, 256
+
+
+def check_stop(stop) -> list[str]:
+    """Extra strings that end an answer: a list of up to 16 non-empty texts (or one text)."""
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, (list, tuple)) or len(stop) > MAX_STOPS or not all(
+            isinstance(s, str) and 0 < len(s) <= MAX_STOP_LENGTH for s in stop):
+        raise UserError(f"stop must be up to {MAX_STOPS} non-empty texts of at most {MAX_STOP_LENGTH} characters")
+    return list(stop)
+
+
+def check_generation(max_tokens: int, temperature: float, seed: int, top_p: float = 1.0, stop=()) -> None:
     """The options of one answer."""
     check_max_tokens(max_tokens)
     check_temperature(temperature)
     check_seed(seed)
+    check_top_p(top_p)
+    check_stop(stop)

@@ -113,9 +113,10 @@ class SequenceDecoder:
 
 
 class Sampler:
-    """llama.cpp's own sampler chain: greedy at temperature 0, else temperature then a seeded draw."""
+    """llama.cpp's own sampler chain: greedy at temperature 0, else nucleus (top_p, where below 1),
+    temperature, then a seeded draw."""
 
-    def __init__(self, temperature: float, seed: int = 0) -> None:
+    def __init__(self, temperature: float, seed: int = 0, top_p: float = 1.0) -> None:
         import llama_cpp
 
         self._lib = llama_cpp
@@ -123,6 +124,8 @@ class Sampler:
         if temperature <= 0:
             llama_cpp.llama_sampler_chain_add(self.chain, llama_cpp.llama_sampler_init_greedy())
         else:
+            if top_p < 1:
+                llama_cpp.llama_sampler_chain_add(self.chain, llama_cpp.llama_sampler_init_top_p(top_p, 1))
             llama_cpp.llama_sampler_chain_add(self.chain, llama_cpp.llama_sampler_init_temp(temperature))
             llama_cpp.llama_sampler_chain_add(self.chain, llama_cpp.llama_sampler_init_dist(seed))
 

@@ -191,6 +191,23 @@ class LlamaEngine:
         self.ctx = new_ctx
         return True
 
+    # ---- saving and restoring the sequence ------------------------------------------------------
+
+    def save_sequence(self) -> bytes:
+        """Sequence 0's KV cache as bytes."""
+        lib = self._lib
+        size = lib.llama_state_seq_get_size(self.ctx, 0)
+        state = (ctypes.c_uint8 * size)()
+        written = lib.llama_state_seq_get_data(self.ctx, state, size, 0)
+        return bytes(state[:written]) if written != size else bytes(state)
+
+    def load_sequence(self, state: bytes) -> None:
+        """Replace sequence 0's KV cache with one from `save_sequence`."""
+        lib = self._lib
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if lib.llama_state_seq_set_data(self.ctx, buf, len(state), 0) == 0:
+            raise EngineError("llama.cpp could not restore a saved cache")
+
     def close(self) -> None:
         if self.ctx:
             self._lib.llama_free(self.ctx)

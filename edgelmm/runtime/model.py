@@ -10,6 +10,7 @@ the image is not encoded again and earlier turns are not read again.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import os
 import threading
 import time
@@ -21,11 +22,12 @@ import numpy as np
 
 from edgelmm.errors import UserError
 from edgelmm.imaging import preprocess
-from edgelmm.options import check_budget, check_generation, check_n_ctx, check_threads
+from edgelmm.options import check_budget, check_generation, check_n_ctx, check_positive, check_stop, check_threads
 from edgelmm.runtime.backends import backend_class
 from edgelmm.runtime.latency import tokens_for_budget
+from edgelmm.runtime.prefix_states import PrefixStates, common_prefix
 from edgelmm.runtime.token_reduction import check_counts, check_selection, reduce_tokens
-from edgelmm.chat import IMAGE, USER_OPEN, UserText
+from edgelmm.chat import IMAGE, USER_OPEN, ChatFormat, UserText
 
 MODEL_ENV = "EDGELMM_MODEL"
 
@@ -40,7 +42,7 @@ def default_model() -> Path:
 def load(model: str | Path | None = None, *, backend: str = "auto", n_threads: int | None = None,
          n_ctx: int | None = None, image_tokens: int | None = None, merge: int = 0,
          ttft_budget: float | None = None, selection: str = "importance", selection_seed: int = 0,
-         verbose: bool = False, **options) -> Model:
+         kv_cache_mb: float = 0, verbose: bool = False, **options) -> Model:
     """Open a bundle (or, for the torch backend, a checkpoint). None: the bundled demo model.
 
     `n_threads`: CPU threads (default: one per physical core). `n_ctx`: a fixed context (default: sized
@@ -50,7 +52,9 @@ def load(model: str | Path | None = None, *, backend: str = "auto", n_threads: i
     that fit are read (measured once per machine, see `runtime.latency`); each question may say
     otherwise. `selection="random"` keeps random tokens instead of the most important, drawn afresh for
     each image from seeds counted from `selection_seed` (a run repeats): the control that measures what
-    the scores carry. Backend options: `repack` (llamacpp:
+    the scores carry. `kv_cache_mb`: memory for saved KV caches of earlier prompts (see
+    `runtime.prefix_states`; 0: none), for a model that serves several conversations in turn.
+    Backend options: `repack` (llamacpp:
     llama.cpp's weight re-layout on or off; default: what measured fastest on this machine, see
     `edgelmm calibrate`); `dtype` (torch: "float32", "bfloat16" or "auto").
     """
@@ -62,7 +66,8 @@ def load(model: str | Path | None = None, *, backend: str = "auto", n_threads: i
     path = Path(model) if model is not None else default_model()
     opened = backend_class(backend)(path, n_threads=n_threads, n_ctx=n_ctx, verbose=verbose, **options)
     return Model(opened, path, load_seconds=time.perf_counter() - started, image_tokens=image_tokens, merge=merge,
-                 ttft_budget=ttft_budget, selection=selection, selection_seed=selection_seed)
+                 ttft_budget=ttft_budget, selection=selection, selection_seed=selection_seed,
+                 kv_cache_bytes=int(check_positive(kv_cache_mb, "kv_cache_mb") * 2**20) if kv_cache_mb else 0)
 
 
 class ImageEmbeddings:
@@ -104,6 +109,7 @@ class Timings:
     decode_seconds: float = 0.0
     prompt_tokens: int = 0
     reused_tokens: int = 0
+    restored_tokens: int = 0  # of the reused: positions brought back from a saved cache (kv_cache_mb)
     image_tokens: int = 0  # image positions the answer read (fewer than the vision graph's with image_tokens=)
 
     @property
@@ -163,7 +169,7 @@ class Model:
 
     def __init__(self, backend, path: Path, load_seconds: float = 0.0, image_tokens: int | None = None,
                  merge: int = 0, ttft_budget: float | None = None, selection: str = "importance",
-                 selection_seed: int = 0) -> None:
+                 selection_seed: int = 0, kv_cache_bytes: int = 0) -> None:
         self.backend = backend
         self.path = path
         self.load_seconds = load_seconds
@@ -172,6 +178,7 @@ class Model:
         self._selection_seed = selection_seed  # counts images, for the random control's draws
         self._lock = ModelLock()
         self._cached: list = []  # the keys the backend's cache holds, in order
+        self._states = PrefixStates(kv_cache_bytes) if kv_cache_bytes and hasattr(backend, "save_state") else None
         self._local = threading.local()  # each thread's last timings
 
     @property
@@ -190,6 +197,11 @@ class Model:
         """The image's embeddings (N, D) as the language model receives them."""
         return self._embeddings(image, self._new_timings()).array
 
+    def embeddings(self, image) -> ImageEmbeddings:
+        """The image encoded once, to be given to `ask`, `answer` or `chat` as many times as wanted:
+        questions about the same `ImageEmbeddings` share its positions in the cache."""
+        return self._embeddings(image, self._new_timings())
+
     def _embeddings(self, image, timings: Timings) -> ImageEmbeddings:
         if isinstance(image, ImageEmbeddings):
             return image
@@ -206,23 +218,26 @@ class Model:
     # ---- questions -------------------------------------------------------------------------------
 
     def ask(self, image, question: str, *, max_tokens: int = 256, temperature: float = 0.0, stream: bool = False,
-            seed: int = 0, **reading):
-        """The answer to one question about `image` (a path, bytes, PIL image, HxWx3 uint8 array or
-        embeddings from `encode_image`): a str, or an iterator of text chunks when `stream`.
-        `image_tokens`, `merge`, `ttft_budget` override the model's (see `load`)."""
+            seed: int = 0, top_p: float = 1.0, stop=(), **reading):
+        """The answer to one question about `image` (a path, bytes, PIL image, HxWx3 uint8 array, or
+        embeddings from `encode_image` or `embeddings`): a str, or an iterator of text chunks when
+        `stream`. `stop` adds strings that end the answer to the model's. `image_tokens`, `merge`,
+        `ttft_budget` override the model's (see `load`); `system_prompt` and `history` go to `chat`."""
         return self.chat(image, **reading).ask(question, max_tokens=max_tokens, temperature=temperature,
-                                                stream=stream, seed=seed)
+                                                stream=stream, seed=seed, top_p=top_p, stop=stop)
 
     def answer(self, image, question: str, *, max_tokens: int = 256, temperature: float = 0.0, seed: int = 0,
-               **reading) -> Answer:
+               top_p: float = 1.0, stop=(), **reading) -> Answer:
         """Like `ask`, returning the `Answer`: the text with this answer's own timings."""
         return self.chat(image, **reading).answer(question, max_tokens=max_tokens, temperature=temperature,
-                                                  seed=seed)
+                                                  seed=seed, top_p=top_p, stop=stop)
 
     def chat(self, image, *, image_tokens: int | None = None, merge: int | None = None,
-             ttft_budget: float | None = None) -> Conversation:
+             ttft_budget: float | None = None, system_prompt: str | None = None,
+             history: list[tuple[str, str]] = ()) -> Conversation:
         """A conversation about one image. The image is encoded here, once, and read into the cache, so
-        that a question asked later (while a user speaks it, say) waits only for its own tokens."""
+        that a question asked later (while a user speaks it, say) waits only for its own tokens.
+        `system_prompt` replaces the model's; `history` holds earlier (question, answer) turns."""
         budget = ttft_budget if ttft_budget is not None else self.ttft_budget
         if budget is not None and image_tokens is None:
             image_tokens = tokens_for_budget(self, budget)  # measured on first use
@@ -232,7 +247,13 @@ class Model:
                                                           self.selection, self._selection_seed)
         self._selection_seed += 1  # a new random draw per image for the random control
         timings.image_tokens = len(embeds.array)
-        conversation = Conversation(self, embeds, _image_timings=timings)
+        chat_format = self.backend.chat
+        if system_prompt is not None:
+            if not isinstance(system_prompt, str):
+                raise UserError("the system prompt must be text")
+            chat_format = dataclasses.replace(chat_format, system_prompt=system_prompt or None)
+        conversation = Conversation(self, embeds, turns=[(_checked(q), a) for q, a in history],
+                                    chat_format=chat_format, _image_timings=timings)
         with self._lock:
             started = time.perf_counter()
             self._prefill(conversation.image_keys(), timings)
@@ -252,11 +273,16 @@ class Model:
         if len(keys) >= backend.n_ctx:
             raise UserError(f"the prompt is {len(keys)} tokens; the model's context holds {backend.n_ctx}: "
                             "ask a shorter question or start a new conversation")
-        common = 0
-        for cached, key in zip(self._cached, keys):
-            if cached != key:
-                break
-            common += 1
+        common = common_prefix(self._cached, keys)
+        timings.restored_tokens = 0
+        if self._states is not None:
+            shared, saved_keys, state = self._states.best(keys)
+            if common < len(self._cached):  # the cache is about to lose what it holds: keep it for later
+                self._states.add(self._cached, backend.save_state())
+            if shared > common:  # an earlier prompt shares more with this one: its cache comes back
+                backend.load_state(state, len(saved_keys))
+                self._cached, common = list(saved_keys), shared
+                timings.restored_tokens = shared
         common = min(common, len(keys) - 1, backend.position)  # the last key is decoded again for its logits
         backend.truncate(common)
         self._cached = keys[:common]
@@ -276,10 +302,11 @@ class Model:
             self._cached.extend(run)
             start = end
 
-    def _generate(self, max_tokens: int, temperature: float, seed: int) -> Iterator[tuple[int, str]]:
+    def _generate(self, max_tokens: int, temperature: float, seed: int,
+                  top_p: float = 1.0) -> Iterator[tuple[int, str]]:
         """(token, text) pairs of the answer, until an end token, a stop string or `max_tokens`."""
         backend = self.backend
-        sample = backend.sampler(temperature, seed)
+        sample = backend.sampler(temperature, seed, top_p)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for _ in range(max_tokens):
             token = sample()
@@ -301,21 +328,29 @@ class Conversation:
     model: Model
     image: ImageEmbeddings
     turns: list[tuple[str, str]] = field(default_factory=list)
+    chat_format: ChatFormat | None = None  # the model's, unless `Model.chat` was given a system prompt
     _text_keys: tuple[str, list] | None = None  # the last prompt+answer text and its keys as decoded
     _image_timings: Timings | None = None  # the image's figures, until the first answer carries them
 
+    def __post_init__(self) -> None:
+        self.chat_format = self.chat_format or self.model.backend.chat
+
     def ask(self, question: str, *, max_tokens: int = 256, temperature: float = 0.0, stream: bool = False,
-            seed: int = 0):
-        """The answer (str), or an iterator of text chunks when `stream`; the turn joins the history."""
-        check_generation(max_tokens, temperature, seed)
-        chunks = self._answer(_checked(question), max_tokens, temperature, seed, self._timings())
+            seed: int = 0, top_p: float = 1.0, stop=()):
+        """The answer (str), or an iterator of text chunks when `stream`; the turn joins the history.
+        `stop` adds strings that end the answer to the model's."""
+        check_generation(max_tokens, temperature, seed, top_p, stop)
+        chunks = self._answer(_checked(question), max_tokens, temperature, seed, self._timings(), top_p,
+                              check_stop(stop))
         return chunks if stream else "".join(chunks).strip()
 
-    def answer(self, question: str, *, max_tokens: int = 256, temperature: float = 0.0, seed: int = 0) -> Answer:
+    def answer(self, question: str, *, max_tokens: int = 256, temperature: float = 0.0, seed: int = 0,
+               top_p: float = 1.0, stop=()) -> Answer:
         """Like `ask`, returning the `Answer`: the text with this answer's own timings."""
-        check_generation(max_tokens, temperature, seed)
+        check_generation(max_tokens, temperature, seed, top_p, stop)
         timings = self._timings()
-        text = "".join(self._answer(_checked(question), max_tokens, temperature, seed, timings)).strip()
+        text = "".join(self._answer(_checked(question), max_tokens, temperature, seed, timings, top_p,
+                                    check_stop(stop))).strip()
         return Answer(text, timings)
 
     def _timings(self) -> Timings:
@@ -324,20 +359,20 @@ class Conversation:
         return timings
 
     def _answer(self, question: str, max_tokens: int, temperature: float, seed: int,
-                timings: Timings) -> Iterator[str]:
+                timings: Timings, top_p: float = 1.0, stop: list[str] = ()) -> Iterator[str]:
         model = self.model
         with model._lock:
             started = time.perf_counter()
             model._local.timings = timings
-            fmt = model.backend.chat
+            fmt = self.chat_format
             text = fmt.render_marked([*self.turns, (question, None)])
             keys = self._keys(text)
             model._prefill(keys, timings)
             timings.prompt_tokens = len(keys)
             timings.prefill = time.perf_counter() - started
-            stops = StopStrings(fmt.stop)
+            stops = StopStrings([*fmt.stop, *stop])
             raw, decode_started = [], None
-            for k, (_, piece) in enumerate(model._generate(max_tokens, temperature, seed)):
+            for k, (_, piece) in enumerate(model._generate(max_tokens, temperature, seed, top_p)):
                 if k == 0:
                     decode_started = time.perf_counter()
                     timings.first_token = decode_started - started
@@ -360,14 +395,14 @@ class Conversation:
 
     def image_keys(self) -> list:
         """The keys of the prompt up to the image's last position: the same whatever the question."""
-        pieces = self.model.backend.chat.pieces(self.model.backend.chat.render_marked([("", None)]))
+        pieces = self.chat_format.pieces(self.chat_format.render_marked([("", None)]))
         return self._piece_keys(pieces[:pieces.index(IMAGE) + 1])  # the image precedes the first question
 
     def _keys(self, text: str) -> list:
         if self._text_keys and text.startswith(self._text_keys[0]):
             previous_text, previous_keys = self._text_keys
-            return previous_keys + self._piece_keys(self.model.backend.chat.pieces(text[len(previous_text):]))
-        return self._piece_keys(self.model.backend.chat.pieces(text))
+            return previous_keys + self._piece_keys(self.chat_format.pieces(text[len(previous_text):]))
+        return self._piece_keys(self.chat_format.pieces(text))
 
     def _piece_keys(self, pieces: list) -> list:
         keys, text = [], []

@@ -53,7 +53,7 @@ class Backend(Protocol):
     def feed_embeddings(self, embeds: np.ndarray) -> None:
         """Decode (n, D) embeddings at the next positions."""
 
-    def sampler(self, temperature: float, seed: int) -> Callable[[], int]:
+    def sampler(self, temperature: float, seed: int, top_p: float = 1.0) -> Callable[[], int]:
         """A callable giving the next token after the last decoded position."""
 
     def is_end(self, token: int) -> bool:

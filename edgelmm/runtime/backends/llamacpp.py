@@ -118,9 +118,19 @@ class LlamaCppBackend:
             raise UserError(f"image embeddings are {embeds.shape[1]} wide; this model takes {self.decoder.n_embd}")
         self.decoder.embeddings(embeds)
 
-    def sampler(self, temperature: float, seed: int):
-        sampler = Sampler(temperature, seed)
+    def sampler(self, temperature: float, seed: int, top_p: float = 1.0):
+        sampler = Sampler(temperature, seed, top_p)
         return lambda: sampler.sample(self.llm)
+
+    def save_state(self) -> bytes:
+        """The KV cache of the sequence, to be put back with `load_state`."""
+        return self.llm.save_sequence()
+
+    def load_state(self, state: bytes, n_positions: int) -> None:
+        """Put back a cache from `save_state` holding `n_positions` positions (replacing the sequence)."""
+        self.reserve(n_positions + 1)
+        self.llm.load_sequence(state)
+        self.decoder.pos = n_positions
 
     def is_end(self, token: int) -> bool:
         return self.llm.is_end(token)

@@ -139,7 +139,7 @@ class TorchBackend:
             self._logits = self.parts.model.lm_head(out.last_hidden_state[0, -1]).float()
         self._pos += n
 
-    def sampler(self, temperature: float, seed: int):
+    def sampler(self, temperature: float, seed: int, top_p: float = 1.0):
         import torch
 
         generator = torch.Generator().manual_seed(seed)
@@ -147,7 +147,12 @@ class TorchBackend:
         def sample() -> int:
             if temperature <= 0:
                 return int(self._logits.argmax())
-            probs = torch.softmax(self._logits / temperature, dim=-1)
+            logits = self._logits
+            if top_p < 1:  # only the smallest set of most likely tokens whose probability reaches top_p
+                ordered, order = torch.softmax(logits, dim=-1).sort(descending=True)
+                logits = logits.clone()
+                logits[order[ordered.cumsum(0) - ordered >= top_p]] = -torch.inf
+            probs = torch.softmax(logits / temperature, dim=-1)
             return int(torch.multinomial(probs, 1, generator=generator))
         return sample
 
