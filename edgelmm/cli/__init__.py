@@ -1,7 +1,7 @@
 """The `edgelmm` command: `main()` runs it and turns errors into exit codes.
 
 Commands live by group: models (presets, build), training (data, train, eval), bundles (export, import,
-show, verify, quantize), runtime (ask, chat, calibrate). A user's mistake is one line on stderr and exit code
+show, verify, quantize), runtime (ask, chat, calibrate), server (serve). A user's mistake is one line on stderr and exit code
 2; `-v` adds the traceback.
 """
 
@@ -13,7 +13,7 @@ import traceback
 
 import click
 
-from edgelmm.cli import bundles, models, runtime, training  # noqa: F401 (they register their commands)
+from edgelmm.cli import bundles, models, runtime, server, training  # noqa: F401 (they register their commands)
 from edgelmm.cli.app import EXIT_USER_ERROR, app
 from edgelmm.errors import UserError
 

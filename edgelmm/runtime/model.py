@@ -234,10 +234,11 @@ class Model:
 
     def chat(self, image, *, image_tokens: int | None = None, merge: int | None = None,
              ttft_budget: float | None = None, system_prompt: str | None = None,
-             history: list[tuple[str, str]] = ()) -> Conversation:
+             history: list[tuple[str, str]] = (), prefill: bool = True) -> Conversation:
         """A conversation about one image. The image is encoded here, once, and read into the cache, so
         that a question asked later (while a user speaks it, say) waits only for its own tokens.
-        `system_prompt` replaces the model's; `history` holds earlier (question, answer) turns."""
+        `system_prompt` replaces the model's; `history` holds earlier (question, answer) turns.
+        `prefill=False` leaves the cache alone until the first question (a server asking at once)."""
         budget = ttft_budget if ttft_budget is not None else self.ttft_budget
         if budget is not None and image_tokens is None:
             image_tokens = tokens_for_budget(self, budget)  # measured on first use
@@ -254,10 +255,11 @@ class Model:
             chat_format = dataclasses.replace(chat_format, system_prompt=system_prompt or None)
         conversation = Conversation(self, embeds, turns=[(_checked(q), a) for q, a in history],
                                     chat_format=chat_format, _image_timings=timings)
-        with self._lock:
-            started = time.perf_counter()
-            self._prefill(conversation.image_keys(), timings)
-            timings.image_prefill = time.perf_counter() - started
+        if prefill:
+            with self._lock:
+                started = time.perf_counter()
+                self._prefill(conversation.image_keys(), timings)
+                timings.image_prefill = time.perf_counter() - started
         return conversation
 
     def close(self) -> None:
