@@ -228,3 +228,39 @@ def test_a_taken_port_is_one_clear_error():
         run = subprocess.run([sys.executable, "-m", "edgelmm", "serve", "--port", str(taken.getsockname()[1])],
                              capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and run.stderr.strip().startswith("edgelmm: error: cannot listen on 127.0.0.1:")
+
+
+# ---- the service without HTTP: queue, shutdown, clients that leave while waiting ---------------------
+
+def test_waiting_requests_get_503_on_shutdown_and_leavers_are_skipped():
+    import asyncio
+
+    from edgelmm.server.service import Busy, Job, Service, Unavailable
+
+    service = Service(None, max_queue=1, n_threads=1)
+    service.load()
+    release = threading.Event()
+    service._executor.submit(release.wait)  # the worker is busy, as with a long answer in flight
+
+    async def scenario():
+        left = service.answer(Job(image=PHOTO, question=QUESTION))
+        waiting = service.answer(Job(image=PHOTO, question=QUESTION))
+        first = asyncio.ensure_future(left.__anext__())
+        second = asyncio.ensure_future(waiting.__anext__())
+        await asyncio.sleep(0.1)  # both admitted and queued behind the busy worker
+        with pytest.raises(Busy) as busy:
+            await service.answer(Job(image=PHOTO, question=QUESTION)).__anext__()
+        assert busy.value.retry_after >= 1
+        first.cancel()  # this client leaves while waiting
+        await asyncio.gather(first, return_exceptions=True)
+        await left.aclose()
+        service.shutdown()
+        release.set()
+        with pytest.raises(Unavailable, match="shutting down"):
+            await second
+        with pytest.raises(Unavailable):
+            await service.answer(Job(image=PHOTO, question=QUESTION)).__anext__()
+
+    asyncio.run(scenario())
+    service.close()
+    assert service.stats()["cancelled"] == 1 and service.stats()["refused_busy"] == 1

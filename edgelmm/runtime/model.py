@@ -14,6 +14,7 @@ import dataclasses
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +31,7 @@ from edgelmm.runtime.token_reduction import check_counts, check_selection, reduc
 from edgelmm.chat import IMAGE, USER_OPEN, ChatFormat, UserText
 
 MODEL_ENV = "EDGELMM_MODEL"
+ANSWERED_KEPT = 32  # answered conversations a serving model remembers the keys of
 
 
 def default_model() -> Path:
@@ -179,6 +181,9 @@ class Model:
         self._lock = ModelLock()
         self._cached: list = []  # the keys the backend's cache holds, in order
         self._states = PrefixStates(kv_cache_bytes) if kv_cache_bytes and hasattr(backend, "save_state") else None
+        # With saved states, a model serves conversations sent back whole (a server's): it remembers
+        # the last answers' texts and the keys they were generated as.
+        self._answered: OrderedDict[str, list] | None = OrderedDict() if self._states is not None else None
         self._local = threading.local()  # each thread's last timings
 
     @property
@@ -394,6 +399,10 @@ class Conversation:
             # The cache holds the prompt and every generated token, so the next turn continues from here
             # when the template renders this answer as it was generated.
             self._text_keys = (text + USER_OPEN + answer, list(model._cached))
+            if model._answered is not None:  # for a later request that sends this conversation back
+                model._answered[self._text_keys[0]] = self._text_keys[1]
+                while len(model._answered) > ANSWERED_KEPT:
+                    model._answered.popitem(last=False)
 
     def image_keys(self) -> list:
         """The keys of the prompt up to the image's last position: the same whatever the question."""
@@ -401,8 +410,13 @@ class Conversation:
         return self._piece_keys(pieces[:pieces.index(IMAGE) + 1])  # the image precedes the first question
 
     def _keys(self, text: str) -> list:
-        if self._text_keys and text.startswith(self._text_keys[0]):
-            previous_text, previous_keys = self._text_keys
+        # The longest earlier prompt+answer this text continues: its keys are the tokens as generated
+        # (text tokenized afresh may split an answer differently, and would not match the cache).
+        earlier = [self._text_keys] if self._text_keys else []
+        earlier += list(self.model._answered.items()) if self.model._answered is not None else []
+        known = max((e for e in earlier if text.startswith(e[0])), key=lambda e: len(e[0]), default=None)
+        if known:
+            previous_text, previous_keys = known
             return previous_keys + self._piece_keys(self.chat_format.pieces(text[len(previous_text):]))
         return self._piece_keys(self.chat_format.pieces(text))
 

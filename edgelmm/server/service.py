@@ -222,10 +222,10 @@ class Service:
 
         started = time.perf_counter()
         try:
-            if self.closing:
-                raise Unavailable("the server is shutting down")
             if cancel.is_set():  # the client left while waiting
                 self.cancelled += 1
+            elif self.closing:
+                raise Unavailable("the server is shutting down")
             else:
                 result = self._generate(job, put, cancel, waited=started - admitted)
                 if result is None:  # the client left during the answer
