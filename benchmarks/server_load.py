@@ -11,10 +11,11 @@ fills the server's bounded caches (--kv-cache-mb 32 here), so that RSS is read o
 A 429 is retried after its Retry-After, as a client should; a request is lost if it never succeeds.
 Measured: errors, 429s and retries; client latency and time to the first content chunk (p50, p95);
 the server's own time to first token of first turns and of follow-ups (the `edgelmm` timings of each
-response) and their ratio, and the same at the client for streamed turns; the server's RSS after a
-warm-up and at the end.
+response) and their ratio, and the same at the client for streamed turns (where waiting in the queue
+dominates); then, with the load over, one client alone times a first question, another client's
+question and a follow-up at the client; the server's RSS after a warm-up and at the end.
 
-Results: benchmarks/results/server_load.{json,md,png}.
+Results: benchmarks/results/server_load.{json,md,png} (--results names other files).
 """
 
 from __future__ import annotations
@@ -160,6 +161,29 @@ def client_run(k: int, url: str, n: int, images: list[bytes], rows: list, lock: 
                 previous = (image, [*history, (question, row["answer"])])
 
 
+def follow_up_probe(url: str, images: list[bytes], rounds: int = 5) -> dict:
+    """The follow-up's gain seen by one client with no queue: a first question about a new photo, a
+    question from another client about another photo, then the follow-up; streamed, timed to the first
+    chunk at the client (and in the server), medians over `rounds`."""
+    import httpx
+
+    first, follow, first_server, follow_server = [], [], [], []
+    with httpx.Client() as client:
+        for r in range(rounds):
+            photo = unique_photo(images[r % len(images)], 200, r)
+            body = {"model": "edgelmm", "stream": True, "max_tokens": 48}
+            a = one_request(client, url, {**body, "messages": messages(photo, QUESTIONS[0], [])})
+            one_request(client, url, {**body, "messages": messages(unique_photo(images[0], 201, r), QUESTIONS[1], [])})
+            b = one_request(client, url, {**body, "messages": messages(photo, FOLLOW_UPS[0],
+                                                                         [(QUESTIONS[0], a["answer"])])})
+            first.append(a["client_ttft"]), follow.append(b["client_ttft"])
+            first_server.append(a["server_ttft"]), follow_server.append(b["server_ttft"])
+    med = statistics.median
+    return {"rounds": rounds, "client_ttft_first": med(first), "client_ttft_follow_up": med(follow),
+            "client_ratio": med(follow) / med(first), "server_ttft_first": med(first_server),
+            "server_ttft_follow_up": med(follow_server), "server_ratio": med(follow_server) / med(first_server)}
+
+
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] if values else float("nan")
@@ -196,6 +220,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--max-queue", type=int, default=4)
+    parser.add_argument("--results", default="server_load", help="file name stem under benchmarks/results/")
     args = parser.parse_args()
 
     images = [p.read_bytes() for p in sorted((ROOT / "examples").glob("*.png"))]
@@ -203,7 +228,7 @@ def main() -> None:
     try:
         rows: list[dict] = []
         lock = threading.Lock()
-        warm = [threading.Thread(target=client_run, args=(100 + k, url, 100, images, [], lock))
+        warm = [threading.Thread(target=client_run, args=(100 + k, url, args.requests, images, [], lock))
                 for k in range(args.clients)]
         for t in warm:  # the same load once: the bounded caches fill before RSS is read
             t.start()
@@ -219,6 +244,7 @@ def main() -> None:
             t.join()
         wall = time.perf_counter() - started
         rss_end = rss_mb(process.pid)
+        probe = follow_up_probe(url, images)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
@@ -228,11 +254,11 @@ def main() -> None:
               "bundle": args.bundle or "demo (built in)", "clients": args.clients,
               "requests_per_client": args.requests, "max_queue": args.max_queue, "wall_seconds": wall,
               "rss_mb_start": rss_start, "rss_mb_end": rss_end, "rss_drift": rss_end / rss_start - 1,
-              **summarize(rows), "server_exit_code": process.returncode}
+              **summarize(rows), "probe": probe, "server_exit_code": process.returncode}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "server_load.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "server_load.md").write_text(markdown(report))
-    chart(rows, report, RESULTS / "server_load.png")
+    (RESULTS / f"{args.results}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{args.results}.md").write_text(markdown(report))
+    chart(rows, report, RESULTS / f"{args.results}.png")
     print(markdown(report))
 
 
@@ -257,6 +283,10 @@ def markdown(r: dict) -> str:
         f"| follow-up / first turn, p50 (client, streamed) | {r['follow_up_ratio_client']:.3f} |",
         f"| follow-ups with the image cached / its KV cache restored | {r['follow_ups_with_image_cached']:.0%} / "
         f"{r['follow_ups_with_restored_cache']:.0%} |",
+        f"| one client alone, streamed (5 rounds): first question about a new photo -> follow-up after another "
+        f"client's question, time to first chunk at the client (ms) | {r['probe']['client_ttft_first'] * 1000:.1f} -> "
+        f"{r['probe']['client_ttft_follow_up'] * 1000:.1f} ({r['probe']['client_ratio']:.3f}x; in the server "
+        f"{r['probe']['server_ratio']:.3f}x) |",
         f"| server RSS after warm-up -> at the end (MB) | {r['rss_mb_start']:.1f} -> {r['rss_mb_end']:.1f} "
         f"({r['rss_drift']:+.1%}) |",
         f"| server exit code after SIGTERM | {r['server_exit_code']} |", ""])
