@@ -154,7 +154,7 @@ def test_sampling_with_temperature_is_seeded(model, scenes_dir):
 
 
 def test_stop_strings_cut_the_answer_and_hold_back_their_start():
-    from edgelmm.runtime.model import StopStrings
+    from edgelmm.runtime.stop_strings import StopStrings
 
     stops = StopStrings(["<|end|>"])
     out = [stops.feed(p) for p in ("Two", " red<", "|en", "d|> more")]

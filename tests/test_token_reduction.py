@@ -136,7 +136,7 @@ def test_eval_reads_fewer_tokens_with_either_selection(checkpoint, scenes_dir, t
 
 
 def test_the_random_control_keeps_other_tokens_each_image():
-    from edgelmm.runtime.model import ImageEmbeddings
+    from edgelmm.runtime.image_embeddings import ImageEmbeddings
 
     embeds = ImageEmbeddings(np.arange(32, dtype=np.float32).reshape(16, 2), importance=np.arange(16.0))
     best = embeds.reduced(4, 0).array

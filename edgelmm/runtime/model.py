@@ -25,9 +25,11 @@ from edgelmm.errors import UserError
 from edgelmm.imaging import preprocess
 from edgelmm.options import check_budget, check_generation, check_n_ctx, check_positive, check_stop, check_threads
 from edgelmm.runtime.backends import backend_class
+from edgelmm.runtime.image_embeddings import ImageEmbeddings
 from edgelmm.runtime.latency import tokens_for_budget
 from edgelmm.runtime.prefix_states import PrefixStates, common_prefix
-from edgelmm.runtime.token_reduction import check_counts, check_selection, reduce_tokens
+from edgelmm.runtime.stop_strings import StopStrings
+from edgelmm.runtime.token_reduction import check_selection
 from edgelmm.chat import IMAGE, USER_OPEN, ChatFormat, UserText
 
 MODEL_ENV = "EDGELMM_MODEL"
@@ -70,32 +72,6 @@ def load(model: str | Path | None = None, *, backend: str = "auto", n_threads: i
     return Model(opened, path, load_seconds=time.perf_counter() - started, image_tokens=image_tokens, merge=merge,
                  ttft_budget=ttft_budget, selection=selection, selection_seed=selection_seed,
                  kv_cache_bytes=int(check_positive(kv_cache_mb, "kv_cache_mb") * 2**20) if kv_cache_mb else 0)
-
-
-class ImageEmbeddings:
-    """Encoded image embeddings (N, D), with each token's importance (N,) where the model scores them;
-    their identity marks their positions in the cache."""
-
-    def __init__(self, array: np.ndarray, importance: np.ndarray | None = None) -> None:
-        self.array = np.ascontiguousarray(array, dtype=np.float32)
-        self.importance = importance
-
-    def reduced(self, keep: int | None, merge: int, selection: str = "importance", seed: int = 0) -> ImageEmbeddings:
-        """The `keep` tokens an answer reads (all when None)."""
-        n = len(self.array)
-        if keep is None or (keep == n and merge == 0):
-            check_counts(n, n if keep is None else keep, 0 if keep is None else merge)
-            return self
-        if self.importance is None:
-            check_counts(n, keep, merge)
-            raise UserError("this model's vision graph gives no token importance (a projector that merges "
-                            "tokens, or a bundle exported before edgelmm scored them): it reads all "
-                            f"{n} image tokens")
-        scores = self.importance if selection == "importance" else np.random.default_rng(seed).random(n)
-        return ImageEmbeddings(reduce_tokens(self.array, scores, keep, merge))
-
-    def keys(self) -> list:
-        return [(self, k) for k in range(len(self.array))]
 
 
 @dataclass
@@ -313,7 +289,8 @@ class Model:
                   top_p: float = 1.0) -> Iterator[tuple[int, str]]:
         """(token, text) pairs of the answer, until an end token, a stop string or `max_tokens`."""
         backend = self.backend
-        sample = backend.sampler(temperature, seed, top_p)
+        # Backends written before top_p existed take two arguments; they are asked for it only when used.
+        sample = backend.sampler(temperature, seed, top_p) if top_p < 1 else backend.sampler(temperature, seed)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for _ in range(max_tokens):
             token = sample()
@@ -451,31 +428,3 @@ def _checked(question) -> str:
     except UnicodeEncodeError:
         raise UserError("the question is not valid UTF-8 text") from None
     return question.strip()
-
-
-class StopStrings:
-    """Cuts an answer at the first stop string, holding back text that may be the start of one."""
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.text = ""  # the answer so far, without any stop string
-        self._pending = ""
-        self.stopped = False
-
-    def feed(self, piece: str) -> str:
-        self._pending += piece
-        for stop in self.stops:
-            at = self._pending.find(stop)
-            if at >= 0:
-                self._pending, self.stopped = self._pending[:at], True
-                return self.flush()
-        hold = max((k for stop in self.stops for k in range(1, len(stop)) if self._pending.endswith(stop[:k])),
-                   default=0)
-        released, self._pending = self._pending[:len(self._pending) - hold], self._pending[len(self._pending) - hold:]
-        self.text += released
-        return released
-
-    def flush(self) -> str:
-        released, self._pending = self._pending, ""
-        self.text += released
-        return released
