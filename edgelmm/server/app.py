@@ -81,32 +81,39 @@ async def _json_body(request: Request, limit: int) -> dict:
     return body
 
 
-async def _collect(answer) -> tuple[list[str], Result]:
-    parts = []
+async def _result(answer) -> Result:
     async for item in answer:
         if isinstance(item, Result):
-            return parts, item
-        parts.append(item)
+            return item
     raise RuntimeError("the answer ended without its result")
 
 
-async def _until_done_or_gone(request: Request, answer):
-    """The whole answer; the generation is cancelled if the client disconnects while waiting."""
-    task = asyncio.ensure_future(_collect(answer))
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=0.2)
-        if done:
-            return task.result()
-        if await request.is_disconnected():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await answer.aclose()
-            return None
+async def _respond(request: Request, answer, whole, stream=None, media_type: str = "") -> Response:
+    """The answer as one JSON object (`whole(result)`), or streamed: `stream(items)` turns the text
+    chunks and the final `Result` into the body's parts. A client that leaves stops the generation."""
+    if stream is None:
+        task = asyncio.ensure_future(_result(answer))
+        while not (await asyncio.wait({task}, timeout=0.2))[0]:
+            if await request.is_disconnected():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await answer.aclose()
+                return Response(status_code=499)
+        return JSONResponse(whole(task.result()))
+    first = await answer.__anext__()  # errors (busy, bad request) surface before a stream starts
 
+    async def items():
+        yield first
+        async for item in answer:
+            yield item
 
-async def _first(answer):
-    """The first item of an answer: errors (busy, bad request) surface before a stream starts."""
-    return await answer.__anext__()
+    async def body():
+        try:
+            async for part in stream(items()):
+                yield part
+        finally:
+            await answer.aclose()  # a client gone mid-stream frees the model here
+    return StreamingResponse(body(), media_type=media_type, headers={"Cache-Control": "no-cache"})
 
 
 def make_app(service: Service, limits: Limits = Limits()) -> Starlette:
@@ -136,56 +143,32 @@ def make_app(service: Service, limits: Limits = Limits()) -> Starlette:
         job, stream, include_usage = openai_api.parse_request(await _json_body(request, limits.max_body_bytes),
                                                               generation_defaults())
         completion = openai_api.Completion(service.name)
-        answer = service.answer(job)
-        if not stream:
-            collected = await _until_done_or_gone(request, answer)
-            if collected is None:
-                return Response(status_code=499)
-            parts, result = collected
-            return JSONResponse(completion.whole(result))
-        first = await _first(answer)
 
-        async def events():
-            try:
-                yield completion.chunk({"role": "assistant", "content": ""})
-                item = first
-                while True:
-                    if isinstance(item, Result):
-                        yield completion.chunk({}, item.finish_reason, edgelmm=item.timings)
-                        if include_usage:
-                            yield completion.usage_chunk(item)
-                        yield "data: [DONE]\n\n"
-                        return
+        async def events(items):
+            yield completion.chunk({"role": "assistant", "content": ""})
+            async for item in items:
+                if not isinstance(item, Result):
                     yield completion.chunk({"content": item})
-                    item = await answer.__anext__()
-            finally:
-                await answer.aclose()  # a client gone mid-stream frees the model here
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+                    continue
+                yield completion.chunk({}, item.finish_reason, edgelmm=item.timings)
+                if include_usage:
+                    yield completion.usage_chunk(item)
+                yield "data: [DONE]\n\n"
+        return await _respond(request, service.answer(job), completion.whole, events if stream else None,
+                              "text/event-stream")
 
     async def ollama(request: Request, chat: bool) -> Response:
         body = await _json_body(request, limits.max_body_bytes)
         parse = ollama_api.parse_chat if chat else ollama_api.parse_generate
         job, stream = parse(body, generation_defaults())
         reply = ollama_api.Reply(service.name, chat)
-        answer = service.answer(job)
-        if not stream:
-            collected = await _until_done_or_gone(request, answer)
-            if collected is None:
-                return Response(status_code=499)
-            parts, result = collected
-            return JSONResponse(reply.final(result, result.text))
-        first = await _first(answer)
 
-        async def lines():
-            try:
-                item = first
-                while not isinstance(item, Result):
-                    yield reply.part(item)
-                    item = await answer.__anext__()
-                yield json.dumps(reply.final(item), ensure_ascii=False) + "\n"
-            finally:
-                await answer.aclose()
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
+        async def lines(items):
+            async for item in items:
+                yield json.dumps(reply.final(item), ensure_ascii=False) + "\n" if isinstance(item, Result) \
+                    else reply.part(item)
+        return await _respond(request, service.answer(job), lambda result: reply.final(result, result.text),
+                              lines if stream else None, "application/x-ndjson")
 
     async def health(request: Request) -> Response:
         if service.ready:
