@@ -112,6 +112,7 @@ class Prompt:
     stop: list[str] = field(default_factory=list)
     system_prompt: str | None = None
     eos: str | None = None  # the template's `eos_token` (some templates close every turn with it)
+    describe: str | None = None  # the question asked when none is given (a description for a blind user)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -264,3 +264,16 @@ def test_waiting_requests_get_503_on_shutdown_and_leavers_are_skipped():
     asyncio.run(scenario())
     service.close()
     assert service.stats()["cancelled"] == 1 and service.stats()["refused_busy"] == 1
+
+
+def test_photo_findings_and_the_description_prompt_through_the_api(running, library):
+    from PIL import Image, ImageFilter
+    import io
+
+    blurred = io.BytesIO()
+    Image.open(EXAMPLES / "es7_000002.png").resize((448, 448)).filter(ImageFilter.GaussianBlur(4)).save(blurred, "PNG")
+    answer = _client(running).chat.completions.create(model="demo", messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": _data_uri(blurred.getvalue())}}]}])  # no question
+    findings = answer.model_extra["edgelmm"]["photo"]
+    assert [f["name"] for f in findings] == ["blurred"] and findings[0]["hint"].startswith("The photo looks blurred")
+    assert answer.choices[0].message.content == library.ask(blurred.getvalue())

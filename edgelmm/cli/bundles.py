@@ -13,6 +13,9 @@ from edgelmm.quantize.onnx import VISION_PRECISIONS
 
 _vision_option = click.option("--vision", default="fp32", show_default=True, type=click.Choice(VISION_PRECISIONS),
                               help="Vision graph precision.")
+_describe_option = click.option(
+    "--describe", metavar="TEXT",
+    help="The question asked when none is given (a description prompt written for the model's users).")
 
 
 @app.command()
@@ -25,12 +28,15 @@ _vision_option = click.option("--vision", default="fp32", show_default=True, typ
               help="Also write the vision tower and projector as llama.cpp's mmproj GGUF (mmproj-f16.gguf).")
 @click.option("--ollama", is_flag=True,
               help="Also write an Ollama Modelfile (and the mmproj it names): `ollama create NAME -f Modelfile`.")
+@_describe_option
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
-def export(checkpoint: str, out: str, quant: str, vision: str, mmproj: bool, ollama: bool, force: bool) -> None:
+def export(checkpoint: str, out: str, quant: str, vision: str, mmproj: bool, ollama: bool, describe: str | None,
+           force: bool) -> None:
     """Export CHECKPOINT to a bundle: vision.onnx + the LM as GGUF + edgelmm.json."""
     from edgelmm.export.bundle import export_bundle
 
     path = export_bundle(checkpoint, out, quant=quant, vision=vision, mmproj=mmproj, ollama=ollama, force=force,
+                         describe=describe,
                          log=lambda message: click.echo(message, err=True))
     click.echo(f"wrote bundle {path}")
 
@@ -117,12 +123,14 @@ _link_option = click.option("--link", is_flag=True,
 @_vision_option
 @_link_option
 @_template_option
+@_describe_option
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
-def import_gguf(lm: str, mmproj: str, out: str, vision: str, link: bool, template: str | None, force: bool) -> None:
+def import_gguf(lm: str, mmproj: str, out: str, vision: str, link: bool, template: str | None, describe: str | None,
+                force: bool) -> None:
     """A bundle from LM (a language-model GGUF) and MMPROJ (its vision part, llama.cpp's mmproj GGUF)."""
     from edgelmm.importers.gguf_pair import import_gguf as run
 
-    path = run(lm, mmproj, out, vision=vision, link=link, template=template, force=force,
+    path = run(lm, mmproj, out, vision=vision, link=link, template=template, force=force, describe=describe,
                log=lambda message: click.echo(message, err=True))
     click.echo(f"wrote bundle {path}")
 
@@ -135,9 +143,10 @@ def import_gguf(lm: str, mmproj: str, out: str, vision: str, link: bool, templat
 @_vision_option
 @_link_option
 @_template_option
+@_describe_option
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 def import_ollama(name: str, out: str, store: str | None, vision: str, link: bool, template: str | None,
-                  force: bool) -> None:
+                  describe: str | None, force: bool) -> None:
     """A bundle from the Ollama model NAME (as `ollama list` shows it) in the local store."""
     from edgelmm.importers.gguf_pair import import_gguf as run
     from edgelmm.importers.ollama import find_model
@@ -147,5 +156,5 @@ def import_ollama(name: str, out: str, store: str | None, vision: str, link: boo
     path = run(model.model, model.projector, out, vision=vision, link=link, template=template, force=force,
                log=lambda message: click.echo(message, err=True), system=model.system, stop=model.stop,
                missing_hint=f"; Ollama's own template looks like {hint!r}" if hint else "",
-               digests=model.digests, source=f"ollama:{name}")
+               digests=model.digests, source=f"ollama:{name}", describe=describe)
     click.echo(f"wrote bundle {path}")

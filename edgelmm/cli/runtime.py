@@ -13,7 +13,7 @@ from edgelmm.cli.app import Checked, app
 from edgelmm.errors import UserError
 
 
-DEFAULT_QUESTION = "Describe the image."
+EXIT_BAD_PHOTO = 3  # --strict-quality: the photo was not good enough to answer about
 
 
 def _runtime_options(command):
@@ -67,19 +67,35 @@ def _decoded(text: bytes | str) -> str:
 
 @app.command()
 @click.argument("image", type=click.Path())
-@click.argument("question", required=False, default=DEFAULT_QUESTION)
+@click.argument("question", required=False)
 @_runtime_options
-@click.option("--json", "as_json", is_flag=True, help="Print the answer and timings as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer, timings and photo findings as JSON.")
+@click.option("--strict-quality", is_flag=True,
+              help="Answer nothing (exit code 3) when the photo looks blurred, dark, washed out or cut off.")
 @click.pass_context
-def ask(ctx: click.Context, image: str, question: str, max_tokens, temperature, as_json, **runtime) -> None:
-    """Answer QUESTION about IMAGE (default: "Describe the image."; "-" reads it from stdin)."""
+def ask(ctx: click.Context, image: str, question: str | None, max_tokens, temperature, as_json, strict_quality,
+        **runtime) -> None:
+    """Answer QUESTION about IMAGE ("-" reads it from stdin). Without one, describe the image (with the
+    bundle's description prompt). A hint comes first when the photo looks bad."""
+    from edgelmm.quality import check_photo
+
     if question == "-":
         question = _decoded(_stdin().read()).strip()
+    findings = check_photo(image)
+    if strict_quality and findings:
+        if as_json:
+            click.echo(json.dumps({"answer": None, "photo": [f.to_dict() for f in findings]}))
+        else:
+            click.echo("\n".join(f.hint for f in findings))
+        ctx.exit(EXIT_BAD_PHOTO)
     model = _open_model(ctx, **runtime)
     if as_json:
         answer = model.answer(image, question, max_tokens=max_tokens, temperature=temperature)
-        click.echo(json.dumps({**answer.to_dict(), "model": str(model.path), "backend": model.backend.info()}))
+        click.echo(json.dumps({**answer.to_dict(), "photo": [f.to_dict() for f in findings],
+                               "model": str(model.path), "backend": model.backend.info()}))
         return
+    for finding in findings:  # a plain sentence before the answer, as a screen reader reads it
+        click.echo(finding.hint)
     for chunk in model.ask(image, question, max_tokens=max_tokens, temperature=temperature, stream=True):
         click.echo(chunk, nl=False)
         sys.stdout.flush()
@@ -92,8 +108,13 @@ def ask(ctx: click.Context, image: str, question: str, max_tokens, temperature, 
 @click.pass_context
 def chat(ctx: click.Context, image: str, max_tokens, temperature, **runtime) -> None:
     """A conversation about IMAGE: one question per line; an empty line or end of input stops."""
+    from edgelmm.quality import check_photo
+
+    findings = check_photo(image)
     model = _open_model(ctx, **runtime)
     conversation = model.chat(image)
+    for finding in findings:
+        click.echo(finding.hint)
     interactive = sys.stdin.isatty()
     if interactive:
         click.echo("Ask about the image. An empty line ends the conversation.", err=True)

@@ -6,6 +6,7 @@ leaves a folder that looks complete.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from pathlib import Path
 
@@ -42,7 +43,8 @@ def check_vision_precision(vision: str) -> None:
 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, *, quant: str = "q4_k_m", vision: str = "fp32",
-                  mmproj: bool = False, ollama: bool = False, force: bool = False, log=lambda message: None) -> Path:
+                  mmproj: bool = False, ollama: bool = False, force: bool = False, log=lambda message: None,
+                  describe: str | None = None) -> Path:
     """Export `checkpoint` to the bundle folder `out`; returns its path."""
     from edgelmm.modeling import load_checkpoint
 
@@ -50,12 +52,12 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, quant: str = "q4_k
     check_output_dir(out, force)  # before minutes of work, not only at the end
     parts = load_checkpoint(checkpoint)
     return write_bundle(parts, out, quant=quant, vision=vision, mmproj=mmproj, ollama=ollama, force=force, log=log,
-                        source=checkpoint)
+                        source=checkpoint, describe=describe)
 
 
 def write_bundle(parts, out: str | Path, *, quant: str = "q4_k_m", vision: str = "fp32", mmproj: bool = False,
                  ollama: bool = False, force: bool = False, log=lambda message: None, source: str | Path | None = None,
-                 materialize=None) -> Path:
+                 materialize=None, describe: str | None = None) -> Path:
     """Write the bundle of `parts` (ModelParts) to the folder `out`; returns its path.
 
     `mmproj` adds the vision tower and projector as llama.cpp's mmproj GGUF too; `ollama` adds it and
@@ -128,17 +130,18 @@ def write_vision_graph(model, image_spec, folder: Path, precision: str, log) -> 
 
 
 def finish_bundle(folder: Path, roles: dict[str, str], *, vision: Vision, lm: LanguageModel, prompt: ChatFormat,
-                  source: str | None, preset: str | None = None, log) -> None:
+                  source: str | None, preset: str | None = None, describe: str | None = None, log) -> None:
     """Hash the files in `folder` and write the manifest, validated as a runtime will read it. `roles`
     names the files beside vision.onnx ("lm", and "mmproj" and "modelfile", for llama.cpp's and Ollama's
-    tools: the runtime does not read them); any other file is external data of the vision graph."""
+    tools: the runtime does not read them); any other file is external data of the vision graph.
+    `describe` is the question asked when none is given."""
     log("hashing the files and writing the manifest")
     roles = {"vision": VISION_FILE, **roles}
     files = {role: file_entry(folder, name) for role, name in roles.items()}
     for extra in sorted(p.name for p in folder.iterdir() if p.name not in roles.values()):
         files[f"vision_data:{extra}"] = file_entry(folder, extra)  # external weights of a large graph
     manifest = Manifest(
-        files=files, vision=vision, lm=lm, prompt=prompt.to_manifest(),
+        files=files, vision=vision, lm=lm, prompt=dataclasses.replace(prompt.to_manifest(), describe=describe),
         generation=Generation(max_tokens=DEFAULT_MAX_TOKENS, temperature=0.0),
         provenance=Provenance(edgelmm_version=__version__, source_checkpoint=source, preset=preset,
                               created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")))

@@ -63,7 +63,7 @@ def _place(source: Path, target: Path, link: bool) -> None:
 def import_gguf(lm: str | Path, mmproj: str | Path, out: str | Path, *, vision: str = "fp32", link: bool = False,
                 template: str | None = None, force: bool = False, log=lambda message: None,
                 system: str | None = None, stop=(), missing_hint: str = "", digests: dict | None = None,
-                source: str | None = None) -> Path:
+                source: str | None = None, describe: str | None = None) -> Path:
     """Write a bundle at `out` from the language model `lm` and the vision part `mmproj` (GGUF files).
 
     `system`, `stop` and `missing_hint` go to `chat_format`; `digests` ("lm", "mmproj" -> sha256) are
@@ -91,7 +91,8 @@ def import_gguf(lm: str | Path, mmproj: str | Path, out: str | Path, *, vision: 
         finish_bundle(tmp, {"lm": lm_file, "mmproj": mmproj_file}, vision=vision_entry,
                       lm=LanguageModel(architecture=facts.architecture, quant=facts.quant,
                                        context_length=facts.context_length, vocab_size=facts.vocab_size),
-                      prompt=chat, source=source or f"{lm.resolve()} + {mmproj.resolve()}", log=log)
+                      prompt=chat, source=source or f"{lm.resolve()} + {mmproj.resolve()}", describe=describe,
+                      log=log)
         files = load_manifest(tmp).files
         for role, digest in (digests or {}).items():
             if files[role].sha256 != digest:  # hashed as copied: a damaged blob never becomes a bundle

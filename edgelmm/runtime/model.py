@@ -33,6 +33,7 @@ from edgelmm.runtime.token_reduction import check_selection
 from edgelmm.chat import IMAGE, USER_OPEN, ChatFormat, UserText
 
 MODEL_ENV = "EDGELMM_MODEL"
+DESCRIBE = "Describe the image."  # the question when none is given and the bundle names none
 ANSWERED_KEPT = 32  # answered conversations a serving model remembers the keys of
 
 
@@ -198,19 +199,28 @@ class Model:
 
     # ---- questions -------------------------------------------------------------------------------
 
-    def ask(self, image, question: str, *, max_tokens: int = 256, temperature: float = 0.0, stream: bool = False,
-            seed: int = 0, top_p: float = 1.0, stop=(), **reading):
+    @property
+    def describe_prompt(self) -> str:
+        """The question asked when none is given: the bundle's (`prompt.describe`), else `DESCRIBE`."""
+        manifest = getattr(self.backend, "manifest", None)
+        return (manifest.prompt.describe if manifest else None) or DESCRIBE
+
+    def ask(self, image, question: str | None = None, *, max_tokens: int = 256, temperature: float = 0.0,
+            stream: bool = False, seed: int = 0, top_p: float = 1.0, stop=(), **reading):
         """The answer to one question about `image` (a path, bytes, PIL image, HxWx3 uint8 array, or
         embeddings from `encode_image` or `embeddings`): a str, or an iterator of text chunks when
         `stream`. `stop` adds strings that end the answer to the model's. `image_tokens`, `merge`,
-        `ttft_budget` override the model's (see `load`); `system_prompt` and `history` go to `chat`."""
-        return self.chat(image, **reading).ask(question, max_tokens=max_tokens, temperature=temperature,
+        `ttft_budget` override the model's (see `load`); `system_prompt` and `history` go to `chat`.
+        Without a question, the model describes the image (`describe_prompt`)."""
+        return self.chat(image, **reading).ask(question or self.describe_prompt, max_tokens=max_tokens,
+                                                temperature=temperature,
                                                 stream=stream, seed=seed, top_p=top_p, stop=stop)
 
-    def answer(self, image, question: str, *, max_tokens: int = 256, temperature: float = 0.0, seed: int = 0,
-               top_p: float = 1.0, stop=(), **reading) -> Answer:
+    def answer(self, image, question: str | None = None, *, max_tokens: int = 256, temperature: float = 0.0,
+               seed: int = 0, top_p: float = 1.0, stop=(), **reading) -> Answer:
         """Like `ask`, returning the `Answer`: the text with this answer's own timings."""
-        return self.chat(image, **reading).answer(question, max_tokens=max_tokens, temperature=temperature,
+        return self.chat(image, **reading).answer(question or self.describe_prompt, max_tokens=max_tokens,
+                                                  temperature=temperature,
                                                   seed=seed, top_p=top_p, stop=stop)
 
     def chat(self, image, *, image_tokens: int | None = None, merge: int | None = None,

@@ -25,6 +25,7 @@ from typing import AsyncIterator
 
 from edgelmm.errors import UserError
 from edgelmm.options import check_budget, check_generation, check_stop
+from edgelmm.quality import check_photo
 
 
 class Busy(UserError):
@@ -60,8 +61,8 @@ class Job:
         self.stop = check_stop(self.stop)
         if self.ttft_budget is not None:
             check_budget(self.ttft_budget)
-        if not isinstance(self.question, str) or not self.question.strip():
-            raise UserError("the last user message has no text")
+        if not isinstance(self.question, str):
+            raise UserError("the question must be text")
         return self
 
 
@@ -141,6 +142,7 @@ class Service:
         self.max_queue = max_queue
         self.n_threads, self.kv_cache_mb = n_threads, kv_cache_mb
         self.images = ImageCache(image_cache_entries, int(image_cache_mb * 2**20))
+        self._photo: dict[str, list[dict]] = {}  # quality findings by image hash, as many as the cache holds
         self.model = None
         self.load_error: str | None = None
         self.closing = False
@@ -264,7 +266,8 @@ class Service:
         encode = time.perf_counter() - started
         # One prefill for image, history and question: a saved cache comes back at most once.
         conversation = model.chat(embeddings, system_prompt=job.system, history=job.history, prefill=False)
-        chunks = conversation.ask(job.question, max_tokens=job.max_tokens, temperature=job.temperature,
+        chunks = conversation.ask(job.question.strip() or model.describe_prompt, max_tokens=job.max_tokens,
+                                  temperature=job.temperature,
                                   top_p=job.top_p, seed=job.seed, stop=job.stop, stream=True)
         trim, text = _Trim(), []
         try:
@@ -279,7 +282,12 @@ class Service:
             chunks.close()  # frees the model at once when the client has gone
         timings = model.timings
         timings.image_encode = encode
-        report = {**timings.to_dict(), "image_cached": cached, "queue_wait": round(waited, 6)}
+        if digest not in self._photo:  # the quality check, once per photo and after the answer: not in its way
+            self._photo[digest] = [f.to_dict() for f in check_photo(job.image)]
+            while len(self._photo) > self.images.max_entries:
+                self._photo.pop(next(iter(self._photo)))
+        report = {**timings.to_dict(), "image_cached": cached, "queue_wait": round(waited, 6),
+                  "photo": self._photo[digest]}
         del report["load"]
         return Result(text="".join(text), finish_reason="length" if timings.decode_tokens >= job.max_tokens else "stop",
                       prompt_tokens=timings.prompt_tokens, completion_tokens=timings.decode_tokens, timings=report)
