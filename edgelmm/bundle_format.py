@@ -121,6 +121,9 @@ class Generation:
 
     max_tokens: int = field(default=256, metadata=_min(1))
     temperature: float = field(default=0.0, metadata=_min(0))
+    # An answer whose confidence is below this is said to be unsure (calibrated per model, see
+    # benchmarks/confidence.py); None: the runtime's default.
+    unsure_below: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

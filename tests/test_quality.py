@@ -90,3 +90,17 @@ def test_no_question_means_the_bundles_description_prompt():
     image = EXAMPLES / "es7_000002.png"
     assert model.ask(image) == model.ask(image, "Describe the image.")
     model.close()
+
+
+def test_confidence_and_the_unsure_sentence():
+    import edgelmm
+    from edgelmm.runtime.confidence import confidence, unsure_prefix
+
+    assert confidence(0.8) == 0.8 and confidence(0.8, photo_findings=2) == 0.4 and confidence(None) is None
+    assert unsure_prefix("There are two circles.") == "I am not sure, but there are two circles."
+    assert unsure_prefix("I see a star.") == "I am not sure, but I see a star."  # not a plain word's capital
+    model = edgelmm.load(n_threads=1)
+    assert model.unsure_below == 0.5222  # calibrated for the demo model by benchmarks/confidence.py
+    answer = model.answer(EXAMPLES / "es7_000002.png", "How many circles are there?")
+    assert 0.5222 < answer.timings.first_token_probability <= 1
+    model.close()

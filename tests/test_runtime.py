@@ -224,23 +224,33 @@ def run_cli(capture, monkeypatch, *args, stdin=""):
 
 
 def test_cli_ask_streams_the_answer_and_reports_timings(bundle, model, scenes_dir, capfd, monkeypatch):
+    from edgelmm.runtime.confidence import unsure_prefix
+
     image = scenes_dir / "images" / "es0_000002.png"
     expected = model.ask(image, "How many circles are there?", max_tokens=6)
     capfd.readouterr()
     code, out, err = run_cli(capfd, monkeypatch, "ask", image, "How many circles are there?", "-m", bundle,
                              "--max-tokens", 6)
-    assert code == 0 and out.strip() == expected and err == ""  # llama.cpp and ONNX Runtime stay quiet
+    # A random model is unsure of everything: the screen-reader sentence comes first.
+    assert model.timings.first_token_probability < model.unsure_below
+    assert code == 0 and out.strip() == unsure_prefix(expected) and err == ""  # llama.cpp stays quiet
     code, out, _ = run_cli(capfd, monkeypatch, "ask", image, "-", "-m", bundle, "--max-tokens", 6, "--json",
                            stdin="How many circles are there?\n")
     report = json.loads(out)
-    assert code == 0 and report["answer"] == expected
+    assert code == 0 and report["answer"] == expected and report["unsure"] and 0 < report["confidence"] < 0.5
     assert set(report["timings"]) >= {"load", "image_encode", "prefill", "first_token", "tokens_per_second"}
 
 
 def test_cli_chat_answers_each_line(bundle, model, scenes_dir, capsys, monkeypatch):
+    from edgelmm.runtime.confidence import unsure_prefix
+
     image = scenes_dir / "images" / "es0_000002.png"
     conv = model.chat(image)
-    expected = [conv.ask(q, max_tokens=5) for q in ("How many circles are there?", "What color is the star?")]
+    expected = []
+    for question in ("How many circles are there?", "What color is the star?"):
+        text = conv.ask(question, max_tokens=5)
+        unsure = model.timings.first_token_probability < model.unsure_below  # a random model mostly is
+        expected.append(unsure_prefix(text) if unsure else text)
     code, out, _ = run_cli(capsys, monkeypatch, "chat", image, "-m", bundle, "--max-tokens", 5,
                            stdin="How many circles are there?\nWhat color is the star?\n\n")
     assert code == 0 and [line.strip() for line in out.splitlines()] == expected

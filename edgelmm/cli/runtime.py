@@ -78,6 +78,7 @@ def ask(ctx: click.Context, image: str, question: str | None, max_tokens, temper
     """Answer QUESTION about IMAGE ("-" reads it from stdin). Without one, describe the image (with the
     bundle's description prompt). A hint comes first when the photo looks bad."""
     from edgelmm.quality import check_photo
+    from edgelmm.runtime.confidence import confidence
 
     if question == "-":
         question = _decoded(_stdin().read()).strip()
@@ -91,12 +92,26 @@ def ask(ctx: click.Context, image: str, question: str | None, max_tokens, temper
     model = _open_model(ctx, **runtime)
     if as_json:
         answer = model.answer(image, question, max_tokens=max_tokens, temperature=temperature)
-        click.echo(json.dumps({**answer.to_dict(), "photo": [f.to_dict() for f in findings],
+        sure = confidence(answer.timings.first_token_probability, len(findings))
+        click.echo(json.dumps({**answer.to_dict(), "photo": [f.to_dict() for f in findings], "confidence": sure,
+                               "unsure": sure is not None and sure < model.unsure_below,
                                "model": str(model.path), "backend": model.backend.info()}))
         return
     for finding in findings:  # a plain sentence before the answer, as a screen reader reads it
         click.echo(finding.hint)
-    for chunk in model.ask(image, question, max_tokens=max_tokens, temperature=temperature, stream=True):
+    _stream(model, model.ask(image, question, max_tokens=max_tokens, temperature=temperature, stream=True),
+            len(findings))
+
+
+def _stream(model, chunks, photo_findings: int = 0) -> None:
+    """Print an answer as it comes, said to be unsure first where its confidence is low."""
+    from edgelmm.runtime.confidence import confidence, unsure_prefix
+
+    for k, chunk in enumerate(chunks):
+        if k == 0:
+            sure = confidence(model.timings.first_token_probability, photo_findings)
+            if sure is not None and sure < model.unsure_below:
+                chunk = unsure_prefix(chunk)
         click.echo(chunk, nl=False)
         sys.stdout.flush()
     click.echo()
@@ -126,12 +141,11 @@ def chat(ctx: click.Context, image: str, max_tokens, temperature, **runtime) -> 
             return
         try:
             line = _decoded(raw)
-            for chunk in conversation.ask(line, max_tokens=max_tokens, temperature=temperature, stream=True):
-                click.echo(chunk, nl=False)
-                sys.stdout.flush()
+            _stream(model, conversation.ask(line, max_tokens=max_tokens, temperature=temperature, stream=True),
+                    len(findings))
         except UserError as e:  # a question too long for what is left of the context, or not text: say so, go on
             click.echo(f"error: {e}", err=True)
-        click.echo()
+            click.echo()
 
 
 @app.command()

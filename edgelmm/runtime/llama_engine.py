@@ -168,6 +168,12 @@ class LlamaEngine:
     def is_end(self, token: int) -> bool:
         return bool(self._lib.llama_vocab_is_eog(self.vocab, token))
 
+    def last_logits(self):
+        """The logits of the last decoded position, as a NumPy view (valid until the next decode)."""
+        import numpy as np
+
+        return np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self.ctx, -1), shape=(self._n_vocab,))
+
     # ---- growing ----------------------------------------------------------------------------------
 
     def ensure_context(self, n_positions: int) -> bool:

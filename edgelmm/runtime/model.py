@@ -25,6 +25,7 @@ from edgelmm.errors import UserError
 from edgelmm.imaging import preprocess
 from edgelmm.options import check_budget, check_generation, check_n_ctx, check_positive, check_stop, check_threads
 from edgelmm.runtime.backends import backend_class
+from edgelmm.runtime.confidence import UNSURE_BELOW
 from edgelmm.runtime.image_embeddings import ImageEmbeddings
 from edgelmm.runtime.latency import tokens_for_budget
 from edgelmm.runtime.prefix_states import PrefixStates, common_prefix
@@ -90,6 +91,7 @@ class Timings:
     reused_tokens: int = 0
     restored_tokens: int = 0  # of the reused: positions brought back from a saved cache (kv_cache_mb)
     image_tokens: int = 0  # image positions the answer read (fewer than the vision graph's with image_tokens=)
+    first_token_probability: float | None = None  # what the answer's confidence is made of (runtime.confidence)
 
     @property
     def tokens_per_second(self) -> float:
@@ -204,6 +206,14 @@ class Model:
         """The question asked when none is given: the bundle's (`prompt.describe`), else `DESCRIBE`."""
         manifest = getattr(self.backend, "manifest", None)
         return (manifest.prompt.describe if manifest else None) or DESCRIBE
+
+    @property
+    def unsure_below(self) -> float:
+        """The confidence below which an answer is said to be unsure: the bundle's calibrated
+        `generation.unsure_below`, else `confidence.UNSURE_BELOW`."""
+        manifest = getattr(self.backend, "manifest", None)
+        calibrated = manifest.generation.unsure_below if manifest else None
+        return calibrated if calibrated is not None else UNSURE_BELOW
 
     def ask(self, image, question: str | None = None, *, max_tokens: int = 256, temperature: float = 0.0,
             stream: bool = False, seed: int = 0, top_p: float = 1.0, stop=(), **reading):
@@ -366,10 +376,12 @@ class Conversation:
             timings.prefill = time.perf_counter() - started
             stops = StopStrings([*fmt.stop, *stop])
             raw, decode_started = [], None
-            for k, (_, piece) in enumerate(model._generate(max_tokens, temperature, seed, top_p)):
+            for k, (token, piece) in enumerate(model._generate(max_tokens, temperature, seed, top_p)):
                 if k == 0:
                     decode_started = time.perf_counter()
                     timings.first_token = decode_started - started
+                    if hasattr(model.backend, "token_probability"):  # read once, before the token is decoded
+                        timings.first_token_probability = model.backend.token_probability(token)
                 raw.append(piece)
                 released = stops.feed(piece)
                 if released:

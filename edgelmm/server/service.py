@@ -26,6 +26,7 @@ from typing import AsyncIterator
 from edgelmm.errors import UserError
 from edgelmm.options import check_budget, check_generation, check_stop
 from edgelmm.quality import check_photo
+from edgelmm.runtime.confidence import confidence
 
 
 class Busy(UserError):
@@ -286,8 +287,10 @@ class Service:
             self._photo[digest] = [f.to_dict() for f in check_photo(job.image)]
             while len(self._photo) > self.images.max_entries:
                 self._photo.pop(next(iter(self._photo)))
+        sure = confidence(timings.first_token_probability, len(self._photo[digest]))
         report = {**timings.to_dict(), "image_cached": cached, "queue_wait": round(waited, 6),
-                  "photo": self._photo[digest]}
+                  "photo": self._photo[digest], "confidence": sure,
+                  "unsure": sure is not None and sure < model.unsure_below}
         del report["load"]
         return Result(text="".join(text), finish_reason="length" if timings.decode_tokens >= job.max_tokens else "stop",
                       prompt_tokens=timings.prompt_tokens, completion_tokens=timings.decode_tokens, timings=report)

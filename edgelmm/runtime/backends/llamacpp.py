@@ -18,6 +18,7 @@ from edgelmm.imaging import ImageSpec
 from edgelmm.runtime.calibration import tuned_settings
 from edgelmm.runtime.llama_batch import Sampler, SequenceDecoder
 from edgelmm.runtime.llama_engine import EngineError, EngineSettings, LlamaEngine, default_threads
+from edgelmm.runtime.confidence import softmax_at
 from edgelmm.runtime.vision_graph import open_vision_graph
 from edgelmm.chat import ChatFormat
 
@@ -134,6 +135,10 @@ class LlamaCppBackend:
 
     def is_end(self, token: int) -> bool:
         return self.llm.is_end(token)
+
+    def token_probability(self, token: int) -> float:
+        """The probability the model gave `token` at the last decoded position (temperature 1)."""
+        return softmax_at(self.llm.last_logits(), token)
 
     def token_bytes(self, token: int) -> bytes:
         return self.llm.piece(token)

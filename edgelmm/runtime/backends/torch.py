@@ -159,6 +159,11 @@ class TorchBackend:
     def is_end(self, token: int) -> bool:
         return token in self._ends
 
+    def token_probability(self, token: int) -> float:
+        import torch
+
+        return float(torch.softmax(self._logits.float(), dim=-1)[token])
+
     def token_bytes(self, token: int) -> bytes:
         tok = self.parts.tokenizer
         if token in tok.all_special_ids:
