@@ -72,49 +72,79 @@ def _decoded(text: bytes | str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the answer, timings and photo findings as JSON.")
 @click.option("--strict-quality", is_flag=True,
               help="Answer nothing (exit code 3) when the photo looks blurred, dark, washed out or cut off.")
+@click.option("--speak", is_flag=True, help="Also say the answer aloud with the system's voice (offline).")
+@click.option("--speak-to", type=click.Path(dir_okay=False), help="Also write the spoken answer to this WAV file.")
 @click.pass_context
 def ask(ctx: click.Context, image: str, question: str | None, max_tokens, temperature, as_json, strict_quality,
-        **runtime) -> None:
+        speak, speak_to, **runtime) -> None:
     """Answer QUESTION about IMAGE ("-" reads it from stdin). Without one, describe the image (with the
     bundle's description prompt). A hint comes first when the photo looks bad."""
     from edgelmm.quality import check_photo
-    from edgelmm.runtime.confidence import confidence
+    from edgelmm.runtime.confidence import confidence, unsure_prefix
 
     if question == "-":
         question = _decoded(_stdin().read()).strip()
     findings = check_photo(image)
+    said = _Speaker(speak, speak_to)
     if strict_quality and findings:
+        hints = "\n".join(f.hint for f in findings)
         if as_json:
             click.echo(json.dumps({"answer": None, "photo": [f.to_dict() for f in findings]}))
         else:
-            click.echo("\n".join(f.hint for f in findings))
+            click.echo(hints)
+        said(hints)
         ctx.exit(EXIT_BAD_PHOTO)
     model = _open_model(ctx, **runtime)
     if as_json:
         answer = model.answer(image, question, max_tokens=max_tokens, temperature=temperature)
         sure = confidence(answer.timings.first_token_probability, len(findings))
+        unsure = sure is not None and sure < model.unsure_below
         click.echo(json.dumps({**answer.to_dict(), "photo": [f.to_dict() for f in findings], "confidence": sure,
-                               "unsure": sure is not None and sure < model.unsure_below,
-                               "model": str(model.path), "backend": model.backend.info()}))
+                               "unsure": unsure, "model": str(model.path), "backend": model.backend.info()}))
+        said(" ".join([*(f.hint for f in findings), unsure_prefix(answer.text) if unsure else answer.text]))
         return
     for finding in findings:  # a plain sentence before the answer, as a screen reader reads it
         click.echo(finding.hint)
-    _stream(model, model.ask(image, question, max_tokens=max_tokens, temperature=temperature, stream=True),
-            len(findings))
+    text = _stream(model, model.ask(image, question, max_tokens=max_tokens, temperature=temperature, stream=True),
+                   len(findings))
+    said(" ".join([*(f.hint for f in findings), text]))
 
 
-def _stream(model, chunks, photo_findings: int = 0) -> None:
-    """Print an answer as it comes, said to be unsure first where its confidence is low."""
+class _Speaker:
+    """Says the final text aloud and/or into a WAV file, as asked (nothing when neither is)."""
+
+    def __init__(self, aloud: bool, wav: str | None) -> None:
+        self.aloud, self.wav = aloud, wav
+        if aloud or wav:
+            from edgelmm.speech import check_speech
+
+            check_speech(aloud)  # a missing voice is an error before the model loads, not after the answer
+
+    def __call__(self, text: str) -> None:
+        from edgelmm.speech import speak, speak_to
+
+        if self.wav:
+            speak_to(text, self.wav)
+        if self.aloud:
+            speak(text)
+
+
+def _stream(model, chunks, photo_findings: int = 0) -> str:
+    """Print an answer as it comes, said to be unsure first where its confidence is low; returns what
+    was printed."""
     from edgelmm.runtime.confidence import confidence, unsure_prefix
 
+    printed = []
     for k, chunk in enumerate(chunks):
         if k == 0:
             sure = confidence(model.timings.first_token_probability, photo_findings)
             if sure is not None and sure < model.unsure_below:
                 chunk = unsure_prefix(chunk)
         click.echo(chunk, nl=False)
+        printed.append(chunk)
         sys.stdout.flush()
     click.echo()
+    return "".join(printed)
 
 
 @app.command()
