@@ -72,11 +72,13 @@ def _decoded(text: bytes | str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the answer, timings and photo findings as JSON.")
 @click.option("--strict-quality", is_flag=True,
               help="Answer nothing (exit code 3) when the photo looks blurred, dark, washed out or cut off.")
+@click.option("--ocr", "use_ocr", is_flag=True,
+              help="Read the photo's text first and give its words to the model with the question.")
 @click.option("--speak", is_flag=True, help="Also say the answer aloud with the system's voice (offline).")
 @click.option("--speak-to", type=click.Path(dir_okay=False), help="Also write the spoken answer to this WAV file.")
 @click.pass_context
 def ask(ctx: click.Context, image: str, question: str | None, max_tokens, temperature, as_json, strict_quality,
-        speak, speak_to, **runtime) -> None:
+        use_ocr, speak, speak_to, **runtime) -> None:
     """Answer QUESTION about IMAGE ("-" reads it from stdin). Without one, describe the image (with the
     bundle's description prompt). A hint comes first when the photo looks bad."""
     from edgelmm.quality import check_photo
@@ -95,6 +97,11 @@ def ask(ctx: click.Context, image: str, question: str | None, max_tokens, temper
         said(hints)
         ctx.exit(EXIT_BAD_PHOTO)
     model = _open_model(ctx, **runtime)
+    if use_ocr:
+        from edgelmm.ocr import read_text, reference_tokens
+
+        reference = reference_tokens(read_text(image))
+        question = f"{question or model.describe_prompt}\n{reference}" if reference else question
     if as_json:
         answer = model.answer(image, question, max_tokens=max_tokens, temperature=temperature)
         sure = confidence(answer.timings.first_token_probability, len(findings))
@@ -234,3 +241,19 @@ def calibrate(model_path, threads, show, as_json) -> None:
         n = latency.tokens
         for k in sorted({n, max(1, n // 2), max(1, n // 4), max(1, n // 8), 1}, reverse=True):
             click.echo(f"  {k:>12}  {latency.predict(k):.2f} s")
+
+
+@app.command()
+@click.argument("image", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print each line with its box and score as JSON.")
+def read(image: str, as_json: bool) -> None:
+    """Read the text in IMAGE, line by line in reading order (offline OCR: the `ocr` extra)."""
+    from edgelmm.ocr import read_text
+
+    lines = read_text(image)
+    if as_json:
+        click.echo(json.dumps({"lines": [line.to_dict() for line in lines]}))
+    elif lines:
+        click.echo("\n".join(line.text for line in lines))
+    else:
+        click.echo("No text found.")
