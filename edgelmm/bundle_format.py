@@ -113,6 +113,7 @@ class Prompt:
     system_prompt: str | None = None
     eos: str | None = None  # the template's `eos_token` (some templates close every turn with it)
     describe: str | None = None  # the question asked when none is given (a description for a blind user)
+    describe_more: str | None = None  # the follow-up asking for the details a short description left out
 
 
 @dataclass(frozen=True, kw_only=True)

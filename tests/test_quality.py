@@ -104,3 +104,19 @@ def test_confidence_and_the_unsure_sentence():
     answer = model.answer(EXAMPLES / "es7_000002.png", "How many circles are there?")
     assert 0.5222 < answer.timings.first_token_probability <= 1
     model.close()
+
+
+def test_chat_begins_with_a_short_description_and_more_asks_for_details(capsys, monkeypatch):
+    import edgelmm
+    from edgelmm.runtime.confidence import unsure_prefix
+
+    model = edgelmm.load(n_threads=1)
+    image = EXAMPLES / "es7_000002.png"
+    conversation = model.chat(image)
+    expected = []
+    for question in (model.describe_prompt, model.describe_more_prompt):
+        text = conversation.ask(question)
+        expected.append(unsure_prefix(text) if model.timings.first_token_probability < model.unsure_below else text)
+    model.close()
+    code, out, _ = run_cli(capsys, monkeypatch, "chat", image, "--describe", "--threads", "1", stdin="more\n\n")
+    assert code == 0 and out.splitlines() == expected

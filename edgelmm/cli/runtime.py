@@ -14,6 +14,7 @@ from edgelmm.errors import UserError
 
 
 EXIT_BAD_PHOTO = 3  # --strict-quality: the photo was not good enough to answer about
+MORE = ("more", "tell me more", "details")  # in `chat`: the bundle's request for details
 
 
 def _runtime_options(command):
@@ -158,8 +159,10 @@ def _stream(model, chunks, photo_findings: int = 0) -> str:
 @click.argument("image", type=click.Path())
 @_runtime_options
 @click.pass_context
-def chat(ctx: click.Context, image: str, max_tokens, temperature, **runtime) -> None:
-    """A conversation about IMAGE: one question per line; an empty line or end of input stops."""
+@click.option("--describe", is_flag=True, help="Begin with a short description of the image.")
+def chat(ctx: click.Context, image: str, max_tokens, temperature, describe, **runtime) -> None:
+    """A conversation about IMAGE: one question per line ("more" asks for details of the description);
+    an empty line or end of input stops."""
     from edgelmm.quality import check_photo
 
     findings = check_photo(image)
@@ -167,6 +170,9 @@ def chat(ctx: click.Context, image: str, max_tokens, temperature, **runtime) -> 
     conversation = model.chat(image)
     for finding in findings:
         click.echo(finding.hint)
+    if describe:
+        _stream(model, conversation.ask(model.describe_prompt, max_tokens=max_tokens, temperature=temperature,
+                                        stream=True), len(findings))
     interactive = sys.stdin.isatty()
     if interactive:
         click.echo("Ask about the image. An empty line ends the conversation.", err=True)
@@ -178,6 +184,7 @@ def chat(ctx: click.Context, image: str, max_tokens, temperature, **runtime) -> 
             return
         try:
             line = _decoded(raw)
+            line = model.describe_more_prompt if line.strip().lower() in MORE else line
             _stream(model, conversation.ask(line, max_tokens=max_tokens, temperature=temperature, stream=True),
                     len(findings))
         except UserError as e:  # a question too long for what is left of the context, or not text: say so, go on

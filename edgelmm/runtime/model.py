@@ -24,6 +24,7 @@ import numpy as np
 from edgelmm.errors import UserError
 from edgelmm.imaging import preprocess
 from edgelmm.options import check_budget, check_generation, check_n_ctx, check_positive, check_stop, check_threads
+from edgelmm.runtime.answer import Answer, Timings
 from edgelmm.runtime.backends import backend_class
 from edgelmm.runtime.confidence import UNSURE_BELOW
 from edgelmm.runtime.image_embeddings import ImageEmbeddings
@@ -35,6 +36,7 @@ from edgelmm.chat import IMAGE, USER_OPEN, ChatFormat, UserText
 
 MODEL_ENV = "EDGELMM_MODEL"
 DESCRIBE = "Describe the image."  # the question when none is given and the bundle names none
+DESCRIBE_MORE = "Describe the image in more detail."  # asking for details, where the bundle names nothing
 ANSWERED_KEPT = 32  # answered conversations a serving model remembers the keys of
 
 
@@ -74,49 +76,6 @@ def load(model: str | Path | None = None, *, backend: str = "auto", n_threads: i
     return Model(opened, path, load_seconds=time.perf_counter() - started, image_tokens=image_tokens, merge=merge,
                  ttft_budget=ttft_budget, selection=selection, selection_seed=selection_seed,
                  kv_cache_bytes=int(check_positive(kv_cache_mb, "kv_cache_mb") * 2**20) if kv_cache_mb else 0)
-
-
-@dataclass
-class Timings:
-    """Seconds spent on one answer (and on loading the model), for `--json` and benchmarks."""
-
-    load: float = 0.0
-    image_encode: float = 0.0
-    image_prefill: float = 0.0  # reading the image (and the prompt before it) into the cache, in `chat`
-    prefill: float = 0.0  # reading the question into the cache
-    first_token: float = 0.0  # from the question to the first token of the answer
-    decode_tokens: int = 0
-    decode_seconds: float = 0.0
-    prompt_tokens: int = 0
-    reused_tokens: int = 0
-    restored_tokens: int = 0  # of the reused: positions brought back from a saved cache (kv_cache_mb)
-    image_tokens: int = 0  # image positions the answer read (fewer than the vision graph's with image_tokens=)
-    first_token_probability: float | None = None  # what the answer's confidence is made of (runtime.confidence)
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.decode_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
-
-    @property
-    def time_to_first_token(self) -> float:
-        """From an image and a question given together (`Model.ask`) to the first token."""
-        return self.image_encode + self.image_prefill + self.first_token
-
-    def to_dict(self) -> dict:
-        return {**{k: round(v, 6) if isinstance(v, float) else v for k, v in self.__dict__.items()},
-                "time_to_first_token": round(self.time_to_first_token, 6),
-                "tokens_per_second": round(self.tokens_per_second, 3)}
-
-
-@dataclass
-class Answer:
-    """One answer: its text and how it was made. Later features add their findings here."""
-
-    text: str
-    timings: Timings
-
-    def to_dict(self) -> dict:
-        return {"answer": self.text, "timings": self.timings.to_dict()}
 
 
 class ModelLock:
@@ -206,6 +165,12 @@ class Model:
         """The question asked when none is given: the bundle's (`prompt.describe`), else `DESCRIBE`."""
         manifest = getattr(self.backend, "manifest", None)
         return (manifest.prompt.describe if manifest else None) or DESCRIBE
+
+    @property
+    def describe_more_prompt(self) -> str:
+        """The follow-up asking for details after a description: the bundle's, else `DESCRIBE_MORE`."""
+        manifest = getattr(self.backend, "manifest", None)
+        return (manifest.prompt.describe_more if manifest else None) or DESCRIBE_MORE
 
     @property
     def unsure_below(self) -> float:
