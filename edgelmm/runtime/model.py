@@ -4,7 +4,9 @@ A `Model` drives one backend, which holds one sequence in its KV cache. Every qu
 of keys (token ids, and one key per image-embedding position); what the cache already holds of that
 list is kept and only the rest is decoded. `chat(image)` reads the image into the cache at once, so the
 first question waits only for its own tokens, and a follow-up question in a `Conversation` likewise:
-the image is not encoded again and earlier turns are not read again.
+the image is not encoded again and earlier turns are not read again. A model serving several
+conversations in turn (`kv_cache_mb`, a server's) also saves the cache of one before serving another
+and brings it back for its follow-up (`runtime.prefix_states`).
 """
 
 from __future__ import annotations
@@ -165,6 +167,11 @@ class Model:
         """The question asked when none is given: the bundle's (`prompt.describe`), else `DESCRIBE`."""
         manifest = getattr(self.backend, "manifest", None)
         return (manifest.prompt.describe if manifest else None) or DESCRIBE
+
+    def kv_cache_stats(self) -> dict | None:
+        """The saved KV caches of earlier prompts (`kv_cache_mb`): how many and their bytes; None when off."""
+        states = self._states
+        return {"states": len(states), "bytes": states.bytes} if states is not None else None
 
     @property
     def describe_more_prompt(self) -> str:

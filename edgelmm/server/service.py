@@ -183,12 +183,9 @@ class Service:
             self.model.close()
 
     def stats(self) -> dict:
-        model = self.model
-        states = getattr(model, "_states", None)
         return {"served": self.served, "refused_busy": self.refused, "cancelled": self.cancelled,
-                "pending": self._pending,
-                "image_cache": self.images.stats(),
-                "kv_cache": {"states": len(states), "bytes": states.bytes} if states is not None else None}
+                "pending": self._pending, "image_cache": self.images.stats(),
+                "kv_cache": self.model.kv_cache_stats() if self.model is not None else None}
 
     # ---- answering -------------------------------------------------------------------------------
 
