@@ -83,7 +83,7 @@ def ask(ctx: click.Context, image: str, question: str | None, max_tokens, temper
     """Answer QUESTION about IMAGE ("-" reads it from stdin). Without one, describe the image (with the
     bundle's description prompt). A hint comes first when the photo looks bad."""
     from edgelmm.quality import check_photo
-    from edgelmm.runtime.confidence import confidence, unsure_prefix
+    from edgelmm.runtime.confidence import confidence, is_unsure, unsure_prefix
 
     if question == "-":
         question = _decoded(_stdin().read()).strip()
@@ -106,7 +106,7 @@ def ask(ctx: click.Context, image: str, question: str | None, max_tokens, temper
     if as_json:
         answer = model.answer(image, question, max_tokens=max_tokens, temperature=temperature)
         sure = confidence(answer.timings.first_token_probability, len(findings))
-        unsure = sure is not None and sure < model.unsure_below
+        unsure = is_unsure(sure, model.unsure_below)
         click.echo(json.dumps({**answer.to_dict(), "photo": [f.to_dict() for f in findings], "confidence": sure,
                                "unsure": unsure, "model": str(model.path), "backend": model.backend.info()}))
         said(" ".join([*(f.hint for f in findings), unsure_prefix(answer.text) if unsure else answer.text]))
@@ -140,13 +140,13 @@ class _Speaker:
 def _stream(model, chunks, photo_findings: int = 0) -> str:
     """Print an answer as it comes, said to be unsure first where its confidence is low; returns what
     was printed."""
-    from edgelmm.runtime.confidence import confidence, unsure_prefix
+    from edgelmm.runtime.confidence import confidence, is_unsure, unsure_prefix
 
     printed = []
     for k, chunk in enumerate(chunks):
         if k == 0:
             sure = confidence(model.timings.first_token_probability, photo_findings)
-            if sure is not None and sure < model.unsure_below:
+            if is_unsure(sure, model.unsure_below):
                 chunk = unsure_prefix(chunk)
         click.echo(chunk, nl=False)
         printed.append(chunk)

@@ -31,6 +31,11 @@ def confidence(first_token_probability: float | None, photo_findings: int = 0) -
     return first_token_probability * (PHOTO_PENALTY if photo_findings else 1.0)
 
 
+def is_unsure(sure: float | None, threshold: float) -> bool:
+    """Whether an answer of confidence `sure` is said to be unsure (never when it has none)."""
+    return sure is not None and sure < threshold
+
+
 def unsure_prefix(answer_start: str) -> str:
     """ "I am not sure, but " with the answer's first letter lowered where it starts a plain word."""
     if len(answer_start) >= 2 and answer_start[0].isupper() and answer_start[1].islower():

@@ -26,7 +26,7 @@ from typing import AsyncIterator
 from edgelmm.errors import UserError
 from edgelmm.options import check_budget, check_generation, check_stop
 from edgelmm.quality import check_photo
-from edgelmm.runtime.confidence import confidence
+from edgelmm.runtime.confidence import confidence, is_unsure
 
 
 class Busy(UserError):
@@ -265,8 +265,8 @@ class Service:
         # One prefill for image, history and question: a saved cache comes back at most once.
         conversation = model.chat(embeddings, system_prompt=job.system, history=job.history, prefill=False)
         chunks = conversation.ask(job.question.strip() or model.describe_prompt, max_tokens=job.max_tokens,
-                                  temperature=job.temperature,
-                                  top_p=job.top_p, seed=job.seed, stop=job.stop, stream=True)
+                                  temperature=job.temperature, top_p=job.top_p, seed=job.seed, stop=job.stop,
+                                  stream=True)
         trim, text = _Trim(), []
         try:
             for chunk in chunks:
@@ -287,7 +287,7 @@ class Service:
         sure = confidence(timings.first_token_probability, len(self._photo[digest]))
         report = {**timings.to_dict(), "image_cached": cached, "queue_wait": round(waited, 6),
                   "photo": self._photo[digest], "confidence": sure,
-                  "unsure": sure is not None and sure < model.unsure_below}
+                  "unsure": is_unsure(sure, model.unsure_below)}
         del report["load"]
         return Result(text="".join(text), finish_reason="length" if timings.decode_tokens >= job.max_tokens else "stop",
                       prompt_tokens=timings.prompt_tokens, completion_tokens=timings.decode_tokens, timings=report)
