@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgelmm.errors import UserError
-from edgelmm.fsutil import open_regular
+from edgelmm.fsutil import read_small_text
 
 
 @dataclass(frozen=True)
@@ -59,12 +59,7 @@ def template_named(name_or_file: str) -> NamedTemplate:
     if not path.exists():
         raise UserError(f"--template {name_or_file!r} is neither a template name ({', '.join(TEMPLATES)}) "
                         "nor a file")
-    with open_regular(path) as f:
-        data = f.read(1_000_001)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"template file {path} is not UTF-8 text") from None
-    if len(data) > 1_000_000 or not text.strip():
-        raise UserError(f"template file {path} is {'empty' if not text.strip() else 'over 1 MB'}")
+    text = read_small_text(path, "template file")
+    if not text.strip():
+        raise UserError(f"template file {path} is empty")
     return NamedTemplate(text, ())

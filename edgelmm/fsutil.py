@@ -42,6 +42,19 @@ def open_regular(path: str | Path, what: str = "file"):
     return os.fdopen(fd, "rb")
 
 
+def read_small_text(path: str | Path, what: str = "file", limit: int = 1_000_000) -> str:
+    """A UTF-8 text file of at most `limit` bytes (a template, a manifest from elsewhere), or one
+    UserError naming `what` when it is missing, larger or not UTF-8."""
+    with open_regular(path, what) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UserError(f"{path}: {what} over {limit} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: {what} is not UTF-8 text") from None
+
+
 def is_regular(path: Path) -> bool:
     try:
         return stat.S_ISREG(path.stat().st_mode)

@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgelmm.errors import UserError
-from edgelmm.fsutil import open_regular
+from edgelmm.fsutil import read_small_text
 
 MEDIA = "application/vnd.ollama.image."
 DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG = "registry.ollama.ai", "library", "latest"
 _PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
-_MAX_TEXT = 1_000_000  # bytes of a manifest, template, system prompt or parameters
 # Marks of the chat formats in edgelmm.chat_templates, to suggest a --template for an Ollama template.
 _TEMPLATE_MARKS = {"chatml": "<|im_start|>", "phi3": "<|assistant|>", "llama3": "<|start_header_id|>",
                    "vicuna": "ASSISTANT:"}
@@ -61,17 +60,6 @@ def manifest_path(store: Path, name: str) -> Path:
     return store / "manifests" / Path(*parts) / (tag or DEFAULT_TAG)
 
 
-def _read_text(path: Path, what: str) -> str:
-    with open_regular(path, what) as f:
-        data = f.read(_MAX_TEXT + 1)
-    if len(data) > _MAX_TEXT:
-        raise UserError(f"{path}: {what} over {_MAX_TEXT} bytes")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: {what} is not UTF-8 text") from None
-
-
 def find_model(name: str, store: str | Path | None = None) -> OllamaModel:
     """The files of model `name` in the Ollama store (default: $OLLAMA_MODELS or ~/.ollama/models)."""
     store = Path(store) if store else default_store()
@@ -79,7 +67,7 @@ def find_model(name: str, store: str | Path | None = None) -> OllamaModel:
     if not path.is_file():
         raise UserError(f"no model {name!r} in the Ollama store {store} (no {path})")
     try:
-        layers = json.loads(_read_text(path, "Ollama manifest"))["layers"]
+        layers = json.loads(read_small_text(path, "Ollama manifest"))["layers"]
         blobs = {}
         for layer in layers:
             kind, digest = layer["mediaType"], _DIGEST.fullmatch(layer["digest"])
@@ -98,7 +86,7 @@ def find_model(name: str, store: str | Path | None = None) -> OllamaModel:
     if "projector" not in blobs:
         raise UserError(f"Ollama model {name!r} has no projector (mmproj) layer: it does not see images")
     try:
-        params = json.loads(_read_text(blob("params"), "parameters")) if "params" in blobs else {}
+        params = json.loads(read_small_text(blob("params"), "parameters")) if "params" in blobs else {}
     except ValueError as e:
         raise UserError(f"Ollama model {name!r}: its parameters are not JSON ({e})") from None
     stop = params.get("stop", []) if isinstance(params, dict) else []
@@ -108,6 +96,6 @@ def find_model(name: str, store: str | Path | None = None) -> OllamaModel:
         raise UserError(f"Ollama model {name!r}: its stop parameter {stop!r} is not a list of strings")
     return OllamaModel(name=name, model=blob("model"), projector=blob("projector"),
                        digests={"lm": blobs["model"], "mmproj": blobs["projector"]},
-                       system=_read_text(blob("system"), "system prompt") if "system" in blobs else None,
+                       system=read_small_text(blob("system"), "system prompt") if "system" in blobs else None,
                        stop=stop,
-                       go_template=_read_text(blob("template"), "template") if "template" in blobs else None)
+                       go_template=read_small_text(blob("template"), "template") if "template" in blobs else None)
