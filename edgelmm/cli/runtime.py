@@ -82,12 +82,14 @@ def ask(ctx: click.Context, image: str, question: str | None, max_tokens, temper
         use_ocr, speak, speak_to, **runtime) -> None:
     """Answer QUESTION about IMAGE ("-" reads it from stdin). Without one, describe the image (with the
     bundle's description prompt). A hint comes first when the photo looks bad."""
+    from edgelmm.imaging import open_image
     from edgelmm.quality import check_photo
     from edgelmm.runtime.confidence import confidence, is_unsure, unsure_prefix
 
     if question == "-":
         question = _decoded(_stdin().read()).strip()
-    findings = check_photo(image)
+    photo = open_image(image)  # decoded once, for the check, the OCR and the model
+    findings = check_photo(photo)
     said = _Speaker(speak, speak_to)
     if strict_quality and findings:
         hints = "\n".join(f.hint for f in findings)
@@ -101,10 +103,10 @@ def ask(ctx: click.Context, image: str, question: str | None, max_tokens, temper
     if use_ocr:
         from edgelmm.ocr import read_text, reference_tokens
 
-        reference = reference_tokens(read_text(image))
+        reference = reference_tokens(read_text(photo))
         question = f"{question or model.describe_prompt}\n{reference}" if reference else question
     if as_json:
-        answer = model.answer(image, question, max_tokens=max_tokens, temperature=temperature)
+        answer = model.answer(photo, question, max_tokens=max_tokens, temperature=temperature)
         sure = confidence(answer.timings.first_token_probability, len(findings))
         unsure = is_unsure(sure, model.unsure_below)
         click.echo(json.dumps({**answer.to_dict(), "photo": [f.to_dict() for f in findings], "confidence": sure,
@@ -113,7 +115,7 @@ def ask(ctx: click.Context, image: str, question: str | None, max_tokens, temper
         return
     for finding in findings:  # a plain sentence before the answer, as a screen reader reads it
         click.echo(finding.hint)
-    text = _stream(model, model.ask(image, question, max_tokens=max_tokens, temperature=temperature, stream=True),
+    text = _stream(model, model.ask(photo, question, max_tokens=max_tokens, temperature=temperature, stream=True),
                    len(findings))
     said(" ".join([*(f.hint for f in findings), text]))
 
@@ -163,11 +165,13 @@ def _stream(model, chunks, photo_findings: int = 0) -> str:
 def chat(ctx: click.Context, image: str, max_tokens, temperature, describe, **runtime) -> None:
     """A conversation about IMAGE: one question per line ("more" asks for details of the description);
     an empty line or end of input stops."""
+    from edgelmm.imaging import open_image
     from edgelmm.quality import check_photo
 
-    findings = check_photo(image)
+    photo = open_image(image)  # decoded once, for the check and the model
+    findings = check_photo(photo)
     model = _open_model(ctx, **runtime)
-    conversation = model.chat(image)
+    conversation = model.chat(photo)
     for finding in findings:
         click.echo(finding.hint)
     if describe:
