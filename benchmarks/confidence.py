@@ -1,6 +1,6 @@
 """Calibrating when an answer is "not sure", and whether that means something, on held-out questions.
 
-    python benchmarks/confidence.py --bundle BUNDLE --data eval.json [--limit N] [--below 0.25]
+    python benchmarks/confidence.py --bundle BUNDLE --data eval.json [--limit N] [--below 0.25] [--write]
 
 Every question is answered greedily by the bundle (edgelmm's runtime) and scored by exact match as
 `edgelmm eval` scores it; its confidence is `runtime.confidence` (the first answer token's probability,
@@ -8,7 +8,7 @@ halved where the photo check found a problem). The questions are split in two by
 first half the threshold is set so that --below of the answers fall under it; on the second half the
 script reports the accuracy of the answers above and below it, the share below, and a reliability
 diagram (accuracy per confidence bin). The threshold goes into the bundle's manifest as
-`generation.unsure_below`.
+`generation.unsure_below` (with --write, which scripts/build-demo-model.sh uses).
 
 Results: benchmarks/results/confidence.{json,md,png}.
 """
@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, type=Path)
     parser.add_argument("--limit", type=int)
     parser.add_argument("--below", type=float, default=0.25, help="share of calibration answers under the threshold")
+    parser.add_argument("--write", action="store_true", help="store the threshold in the bundle's manifest")
     args = parser.parse_args()
     items = read_eval_items(args.data, args.limit)
     rows = [r for r in answers(args.bundle, items, args.data.parent / "images") if r["confidence"] is not None]
@@ -90,6 +91,25 @@ def main() -> None:
     (RESULTS / "confidence.md").write_text(markdown(report))
     chart(report, RESULTS / "confidence.png")
     print(markdown(report))
+    if args.write:
+        write_threshold(args.bundle or default_bundle(), threshold)
+
+
+def default_bundle() -> Path:
+    from edgelmm.runtime.model import default_model
+
+    return default_model()
+
+
+def write_threshold(bundle: Path, threshold: float) -> None:
+    import dataclasses
+
+    from edgelmm.bundle_format import load_manifest, save_manifest
+
+    manifest = load_manifest(bundle)
+    generation = dataclasses.replace(manifest.generation, unsure_below=threshold)
+    save_manifest(bundle, dataclasses.replace(manifest, generation=generation))
+    print(f"generation.unsure_below = {threshold} in {bundle}")
 
 
 def markdown(r: dict) -> str:

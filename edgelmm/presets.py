@@ -68,7 +68,7 @@ PRESETS.add("demo", Preset(
         "clip": {"lr": 5e-4, "epochs": 6, "batch_size": 32, "warmup": 0.05},
         "lm": {"lr": 1e-3, "epochs": 0.35, "batch_size": 32, "max_length": 256},
         "align": {"lr": 1e-3, "epochs": 1, "batch_size": 32, "grad_accum": 1, "max_length": 256},
-        "instruct": {"lr": 5e-4, "epochs": 1.5, "batch_size": 16, "grad_accum": 1, "max_length": 256,
+        "instruct": {"lr": 5e-4, "epochs": 3, "batch_size": 16, "grad_accum": 1, "max_length": 256,
                      "trains": ["projector", "language_model", "vision_tower"], "vision_lr_scale": 0.05},
     },
 ))
