@@ -3,7 +3,9 @@
 For every object of the first N scenes, the features of the layer the language model reads are taken
 at the patch under the object's centre and averaged over the patches in its box; a linear classifier
 trained on three quarters of the objects then names the shape and the colour of the rest. A language
-model can only find "the circle" by attention if the patches say "circle" in a form this simple.
+model can only find "the circle" by attention if the patches say "circle" in a form this simple. The
+same probes name the object's column and row (in thirds of the image): whether a patch says where it
+is, which is what a question like "Is the red star to the left of the blue circle?" needs.
 
     python scripts/probe_tower.py CHECKPOINT EDGESCENES_DIR [--n-images 500]
 """
@@ -26,14 +28,15 @@ TRAIN_FRACTION = 0.75  # of the objects, in scene order; the probes are scored o
 
 @torch.no_grad()
 def object_features(checkpoint: str, data: Path, n_images: int):
-    """(centre-patch features, box-mean features, shape labels, colour labels, is-small) per object."""
+    """(centre-patch features, box-mean features, {label name: labels}, is-small) per object."""
     parts = load_checkpoint(checkpoint)
     model = parts.model.eval()
     config = model.config
     tower = model.model.vision_tower
     grid = config.vision_config.image_size // config.vision_config.patch_size
     scenes = json.loads((data / "scenes.json").read_text())["images"][:n_images]
-    centre, mean, shapes, colours, small = [], [], [], [], []
+    centre, mean, small = [], [], []
+    labels = {"shape": [], "colour": [], "column": [], "row": []}
     for start in range(0, len(scenes), 50):
         chunk = scenes[start:start + 50]
         pixels = torch.stack([torch.from_numpy(preprocess(data / "images" / s["image"], parts.image_spec))
@@ -46,10 +49,13 @@ def object_features(checkpoint: str, data: Path, n_images: int):
                 col, row = (min(int(c / CANVAS * grid), grid - 1) for c in obj["center"])
                 centre.append(patches[b, row * grid + col])
                 mean.append((patches[b] * mask[:, None]).sum(0) / mask.sum())
-                shapes.append(SHAPES.index(obj["shape"]))
-                colours.append(list(COLORS).index(obj["color"]))
+                labels["shape"].append(SHAPES.index(obj["shape"]))
+                labels["colour"].append(list(COLORS).index(obj["color"]))
+                labels["column"].append(min(int(obj["center"][0] / CANVAS * 3), 2))
+                labels["row"].append(min(int(obj["center"][1] / CANVAS * 3), 2))
                 small.append(obj["size"] == "small")
-    return torch.stack(centre), torch.stack(mean), torch.tensor(shapes), torch.tensor(colours), torch.tensor(small)
+    return (torch.stack(centre), torch.stack(mean), {k: torch.tensor(v) for k, v in labels.items()},
+            torch.tensor(small))
 
 
 def probe(features: torch.Tensor, labels: torch.Tensor, n_classes: int, steps: int = 300) -> torch.Tensor:
@@ -74,12 +80,12 @@ def main(argv=None) -> None:
     parser.add_argument("data", type=Path, help="an EdgeScenes folder (scenes.json, images/)")
     parser.add_argument("--n-images", type=int, default=500)
     args = parser.parse_args(argv)
-    centre, mean, shapes, colours, small = object_features(args.checkpoint, args.data, args.n_images)
+    centre, mean, labels, small = object_features(args.checkpoint, args.data, args.n_images)
     held_out_small = small[int(len(small) * TRAIN_FRACTION):]
-    print(f"{len(shapes)} objects; accuracy on the held-out quarter")
+    print(f"{len(small)} objects; accuracy on the held-out quarter")
     for where, features in (("centre patch", centre), ("box mean", mean)):
-        for what, labels, n in (("shape", shapes, len(SHAPES)), ("colour", colours, len(COLORS))):
-            ok = probe(features, labels, n).float()
+        for what, truth in labels.items():
+            ok = probe(features, truth, int(truth.max()) + 1).float()
             print(f"  {what:6} from the {where:12}  {ok.mean():.3f}  "
                   f"(small {ok[held_out_small].mean():.3f}, large {ok[~held_out_small].mean():.3f})")
 

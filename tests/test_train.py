@@ -152,6 +152,45 @@ def test_region_and_negative_losses_reach_the_patch_features(scenes_dir):
     assert parts.model.model.vision_tower.encoder.layers[0].mlp.fc1.weight.grad.abs().sum() > 0
 
 
+def test_position_loss_teaches_the_feature_layer_where_each_patch_is(scenes_dir):
+    from edgelmm.train.clip import CaptionCollator, CaptionPairs, ContrastivePair
+
+    torch.manual_seed(0)
+    parts = build_model("tiny")
+    pairs = CaptionPairs.from_file(scenes_dir / "stage1.json", scenes_dir / "images", parts.tokenizer, parts.image_spec)
+    batch = CaptionCollator(parts.tokenizer.pad_token_id)([pairs[i] for i in range(8)])
+    plain = ContrastivePair(parts.model.model.vision_tower, len(parts.tokenizer), parts.tokenizer.pad_token_id)
+    assert plain.position_head is None
+    pair = ContrastivePair(parts.model.model.vision_tower, len(parts.tokenizer), parts.tokenizer.pad_token_id,
+                           position_loss=1.0)
+    grid = pair.grid
+    optimizer = torch.optim.Adam([p for n, p in pair.named_parameters() if not n.startswith("text")], lr=3e-3)
+
+    def named_right(images) -> float:  # share of patches whose row and column the head names
+        with torch.no_grad():
+            patches = pair._embed_images(images)[1]
+            guess = pair.position_head(patches).view(len(images), grid * grid, 2, grid).argmax(-1)
+        index = torch.arange(grid * grid)
+        return (guess == torch.stack([index // grid, index % grid], -1)).all(-1).float().mean().item()
+
+    held_out = torch.stack([pairs[i]["pixel_values"] for i in range(8, 12)])
+    before = named_right(held_out)
+    for _ in range(150):
+        loss = pair.patch_position_loss(pair._embed_images(batch["pixel_values"])[1])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert parts.model.model.vision_tower.encoder.layers[0].mlp.fc1.weight.grad.abs().sum() > 0
+    # On images it never saw (chance: 1 in 16), so the patches carry positions, not memorised contents.
+    assert before < 0.3 and named_right(held_out) > 0.6
+    with torch.no_grad():  # the stage's loss holds the position term at its weight
+        pair.position_loss = 0.0
+        without = pair(**batch)["loss"]
+        pair.position_loss = 2.0
+        term = pair.patch_position_loss(pair._embed_images(batch["pixel_values"])[1])
+        assert pair(**batch)["loss"].item() == pytest.approx((without + 2 * term).item(), rel=1e-5)
+
+
 def test_prerequisites_and_presets_are_checked(tmp_path, scenes_dir, aligned_start):
     raw = save_checkpoint(build_model("tiny"), tmp_path / "raw")
     with pytest.raises(ConfigError, match="stage align needs .*vision, lm.*run stage clip and lm first"):

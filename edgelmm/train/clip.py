@@ -4,6 +4,11 @@ The tower learns beside a small text encoder on image-caption pairs: both are pr
 space and trained with the symmetric InfoNCE loss with a learned temperature (CLIP). Afterwards a
 zero-shot classifier built from label prompts ("a photo of a {color} {shape}") checks what the tower
 learned on held-out images. Only the tower moves on into the LLaVA model.
+
+Optionally (`position_loss`), each patch of the layer the language model reads must also name its own
+row and column. Contrastive captions never ask where anything is, so a tower trained on them alone
+lets its position embeddings fade from that layer, and a language model reading the patches cannot
+tell left from right.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ class ContrastivePair(nn.Module):
     """A vision tower and a text encoder trained to agree (CLIP)."""
 
     def __init__(self, vision_tower: nn.Module, vocab_size: int, pad_token_id: int, embed_dim: int = 128,
-                 text_width: int = 128, text_layers: int = 2, feature_layer: int = -2) -> None:
+                 text_width: int = 128, text_layers: int = 2, feature_layer: int = -2,
+                 position_loss: float = 0.0) -> None:
         from transformers import CLIPTextConfig, CLIPTextModel
 
         super().__init__()
@@ -42,6 +48,11 @@ class ContrastivePair(nn.Module):
         self.feature_layer = feature_layer  # the layer whose patch features the language model will read
         self.text_projection = nn.Linear(text_width, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
+        config = vision_tower.config
+        self.grid = config.image_size // config.patch_size
+        self.position_loss = position_loss
+        # Row and column logits per patch; a linear read-out, as the projector's first layer is linear.
+        self.position_head = nn.Linear(config.hidden_size, 2 * self.grid) if position_loss else None
 
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, E)
         return self._embed_images(pixel_values)[0]
@@ -79,7 +90,16 @@ class ContrastivePair(nn.Module):
             regions = F.normalize(self.region_projection(regions), dim=-1)  # (R, E)
             phrases = self.embed_texts(phrase_ids, phrase_mask)  # (U, E)
             loss = (loss + F.cross_entropy(scale * regions @ phrases.T, region_phrase)) / 2
+        if self.position_head is not None:
+            loss = loss + self.position_loss * self.patch_position_loss(patches)
         return {"loss": loss, "logits": logits}
+
+    def patch_position_loss(self, patches: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of each patch naming its own row and column (patches are row-major)."""
+        logits = self.position_head(patches).view(-1, self.grid)  # (B * P * 2, grid): row, column, ...
+        index = torch.arange(self.grid * self.grid, device=patches.device)
+        truth = torch.stack([index // self.grid, index % self.grid], dim=-1)  # (P, 2)
+        return F.cross_entropy(logits, truth.repeat(len(patches), 1).flatten())
 
 
 class CaptionCollator(LlavaCollator):

@@ -121,7 +121,8 @@ def _train_clip(parts: ModelParts, stage: Stage, files, folder, run_dir: Path, o
     check = records[-held_out:]
     torch.manual_seed(opts.seed)
     pair = ContrastivePair(parts.model.model.vision_tower, len(parts.tokenizer), parts.tokenizer.pad_token_id,
-                           feature_layer=layer if isinstance(layer := config.vision_feature_layer, int) else -2)
+                           feature_layer=layer if isinstance(layer := config.vision_feature_layer, int) else -2,
+                           position_loss=stage.hyper.position_loss)
     metrics = run_training(pair, train, CaptionCollator(parts.tokenizer.pad_token_id), stage.hyper, run_dir,
                            **opts.engine_kwargs())
     metrics["zero_shot_accuracy"] = zero_shot_check(pair, parts, check, folder)

@@ -36,6 +36,8 @@ class Hyper:
     # The vision tower's learning rate relative to `lr`, when a stage tunes it beside other parts: a
     # tower tuned at the language model's rate forgets what it learned before.
     vision_lr_scale: float = 1.0
+    # clip: weight of the loss that makes each patch of the feature layer name its own row and column.
+    position_loss: float = 0.0
 
 
 @dataclass(frozen=True)
