@@ -286,54 +286,6 @@ def short_questions(scene: Scene, rng: np.random.Generator, *, exist_positive: b
     return out
 
 
-# ---- grounded short answers (training only) ------------------------------------------------------
-
-RELATION_WORDS = {("left", True): "to the left of", ("left", False): "to the right of",
-                  ("above", True): "above", ("above", False): "below"}
-
-
-def grounded_questions(scene: Scene, rng: np.random.Generator, limit: int = 6) -> list[tuple[str, str]]:
-    """Short questions that tie names to places and places to names, for training (never evaluated).
-
-    The evaluation's relation and exist questions need the model to find an object by its colour and
-    shape and to tell it from near misses. These ask it in smaller steps: where a named object is,
-    what colour or shape the object at a named place has, how two named objects lie (in all four
-    wordings), and whether an object is there, balanced between a present one and a near miss that
-    changes one detail of a present one.
-    """
-    unique = unique_by_combo(scene)
-    places = Counter(position(o) for o in scene.objects)
-    alone = [o for o in scene.objects if places[position(o)] == 1]
-    asks = []
-    for obj in _sample(rng, unique, 2):
-        asks.append((f"Where is the {name(obj, False)}?", position(obj)))
-    for obj in _sample(rng, alone, 2):
-        attr = "color" if rng.random() < 0.5 else "shape"
-        asks.append((f"What {attr} is the object {where(obj)}?", getattr(obj, attr)))
-    for a, b, axis in _sample(rng, relation_pairs(scene), 2):
-        if rng.random() < 0.5:
-            a, b = b, a
-        k = 0 if axis == "left" else 1
-        toward = rng.random() < 0.5  # "left of"/"above", or the reverse wording
-        answer = (a.center[k] < b.center[k]) == toward
-        asks.append((f"Is the {name(a, False)} {RELATION_WORDS[(axis, toward)]} the {name(b, False)}?",
-                     "yes" if answer else "no"))
-    present = {(o.color, o.shape) for o in scene.objects}
-    obj = _pick(rng, scene.objects)
-    asks.append((f"Is there {article(f'{obj.color} {obj.shape}')} in the image?", "yes"))
-    misses = [(c, o.shape) for o in scene.objects for c in COLORS if (c, o.shape) not in present]
-    misses += [(o.color, s) for o in scene.objects for s in SHAPES if (o.color, s) not in present]
-    if misses:
-        color, shape = _pick(rng, misses)
-        asks.append((f"Is there {article(f'{color} {shape}')} in the image?", "no"))
-    picked = rng.permutation(len(asks))[:limit]
-    return [asks[i] for i in picked]
-
-
-def _sample(rng: np.random.Generator, items: list, k: int) -> list:
-    return [items[i] for i in rng.permutation(len(items))[:k]]
-
-
 # ---- conversations and reasoning (LLaVA-Instruct style) ------------------------------------------
 
 def _there_are(n: int, word: str) -> str:

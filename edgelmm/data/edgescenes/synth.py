@@ -22,7 +22,7 @@ from edgelmm.errors import UserError
 from edgelmm.fsutil import atomic_output_dir
 from edgelmm.workers import die_with_parent
 
-_SCENE, _TEXT, _NEGATIVES, _GROUNDED = 0, 1, 2, 3  # sub-streams of each image's random generator
+_SCENE, _TEXT, _NEGATIVES = 0, 1, 2  # sub-streams of each image's random generator
 
 
 def image_name(seed: int, index: int) -> str:
@@ -84,11 +84,6 @@ def scene_texts(scene: Scene, index: int, seed: int, popular: list[tuple[str, st
     stage2.append(_record(f"{scene.id}-vqa", scene.image,
                           [(train_qs[i]["question"] + lang.SHORT_ANSWER_SUFFIX, train_qs[i]["answer"]) for i in order],
                           rng))
-    # Grounded short answers on their own stream: training text only, so the eval items stay as they were.
-    grounded = lang.grounded_questions(scene, np.random.default_rng([seed, index, _GROUNDED]))
-    stage2.append(_record(f"{scene.id}-grounded", scene.image,
-                          [(q + lang.SHORT_ANSWER_SUFFIX, a) for q, a in grounded],
-                          np.random.default_rng([seed, index, _GROUNDED, 1])))
     eval_items = [{"id": f"{scene.id}-{q['type']}", "image": scene.image,
                    "question": q["question"] + lang.SHORT_ANSWER_SUFFIX, "answer": q["answer"], "type": q["type"],
                    **({"pope": q["pope"]} if "pope" in q else {})}
