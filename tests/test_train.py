@@ -191,6 +191,37 @@ def test_position_loss_teaches_the_feature_layer_where_each_patch_is(scenes_dir)
         assert pair(**batch)["loss"].item() == pytest.approx((without + 2 * term).item(), rel=1e-5)
 
 
+def test_dense_loss_labels_each_patch_with_the_object_under_it(scenes_dir):
+    from edgelmm.train.clip import CaptionCollator, CaptionPairs, ContrastivePair, box_mask
+
+    torch.manual_seed(0)
+    parts = build_model("tiny")
+    pairs = CaptionPairs.from_file(scenes_dir / "stage1.json", scenes_dir / "images", parts.tokenizer, parts.image_spec)
+    pairs.grid = parts.model.config.vision_config.image_size // parts.model.config.vision_config.patch_size
+    pairs.phrases = pairs.region_phrases()
+    assert len(pairs.phrases) > 10 and all(isinstance(p, str) for p in pairs.phrases)
+    record = pairs.records[0]
+    labels = pairs[0]["patch_labels"]
+    covered = torch.zeros_like(labels, dtype=torch.bool)
+    for region in record["regions"]:
+        covered |= box_mask(region["box"], pairs.grid).bool()
+    assert (labels[~covered] == 0).all() and (labels[covered] > 0).all()
+    last = record["regions"][-1]  # drawn last, so it names every patch of its box
+    assert (labels[box_mask(last["box"], pairs.grid).bool()] == 1 + pairs.phrases.index(last["phrase"])).all()
+
+    batch = CaptionCollator(parts.tokenizer.pad_token_id)([pairs[i] for i in range(8)])
+    assert batch["patch_labels"].shape == (8, pairs.grid ** 2)
+    pair = ContrastivePair(parts.model.model.vision_tower, len(parts.tokenizer), parts.tokenizer.pad_token_id,
+                           dense_loss=1.0, dense_classes=len(pairs.phrases))
+    with torch.no_grad():  # the stage's loss holds the dense term at its weight
+        patches = pair._embed_images(batch["pixel_values"])[1]
+        term = torch.nn.functional.cross_entropy(pair.dense_head(patches).flatten(0, 1),
+                                                 batch["patch_labels"].flatten())
+        with_term = pair(**batch)["loss"]
+        pair.dense_loss = 0.0
+        assert with_term.item() == pytest.approx((pair(**batch)["loss"] + term).item(), rel=1e-5)
+
+
 def test_prerequisites_and_presets_are_checked(tmp_path, scenes_dir, aligned_start):
     raw = save_checkpoint(build_model("tiny"), tmp_path / "raw")
     with pytest.raises(ConfigError, match="stage align needs .*vision, lm.*run stage clip and lm first"):

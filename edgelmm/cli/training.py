@@ -57,6 +57,8 @@ def _train_options(f):
         click.option("--batch-size", type=click.IntRange(min=1), help="Batch size per device."),
         click.option("--position-loss", type=click.FloatRange(min=0),
                      help="clip: weight of the loss that makes each patch name its own row and column."),
+        click.option("--dense-loss", type=click.FloatRange(min=0),
+                     help="clip: weight of the loss that makes each patch name the object it lies on."),
         click.option("--grad-accum", type=click.IntRange(min=1), help="Gradient accumulation steps."),
         click.option("--save-every", type=click.IntRange(min=1), help="Steps between checkpoints."),
         click.option("--limit", type=click.IntRange(min=1), help="Use only the first N records."),
@@ -76,7 +78,7 @@ def _options_from(kw: dict):
     for name in ("data", "out"):
         if kw.get(name) is None:
             raise click.UsageError(f"Missing option '--{name}'.")
-    tunable = ("lr", "epochs", "batch_size", "grad_accum", "vision_lr_scale", "position_loss")
+    tunable = ("lr", "epochs", "batch_size", "grad_accum", "vision_lr_scale", "position_loss", "dense_loss")
     overrides = {k: kw[k] for k in tunable if kw.get(k) is not None}
     return TrainOptions(seed=kw["seed"], resume=kw["resume"], lora=kw["lora"], unfreeze_vision=kw["unfreeze_vision"],
                         save_every=kw["save_every"], limit=kw["limit"], skip_bad=kw["skip_bad"],

@@ -8,7 +8,9 @@ learned on held-out images. Only the tower moves on into the LLaVA model.
 Optionally (`position_loss`), each patch of the layer the language model reads must also name its own
 row and column. Contrastive captions never ask where anything is, so a tower trained on them alone
 lets its position embeddings fade from that layer, and a language model reading the patches cannot
-tell left from right.
+tell left from right. And optionally (`dense_loss`), each patch of that layer must name the object it
+lies on (its region's phrase) or none: a language model that finds "the red star" by attention then
+lands on the star's own patches, so what it reads there (where they are) is where the star is.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class ContrastivePair(nn.Module):
 
     def __init__(self, vision_tower: nn.Module, vocab_size: int, pad_token_id: int, embed_dim: int = 128,
                  text_width: int = 128, text_layers: int = 2, feature_layer: int = -2,
-                 position_loss: float = 0.0) -> None:
+                 position_loss: float = 0.0, dense_loss: float = 0.0, dense_classes: int = 0) -> None:
         from transformers import CLIPTextConfig, CLIPTextModel
 
         super().__init__()
@@ -53,6 +55,9 @@ class ContrastivePair(nn.Module):
         self.position_loss = position_loss
         # Row and column logits per patch; a linear read-out, as the projector's first layer is linear.
         self.position_head = nn.Linear(config.hidden_size, 2 * self.grid) if position_loss else None
+        self.dense_loss = dense_loss
+        # Per patch: none (0) or the phrase of the object under it (1...), also a linear read-out.
+        self.dense_head = nn.Linear(config.hidden_size, dense_classes + 1) if dense_loss else None
 
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, E)
         return self._embed_images(pixel_values)[0]
@@ -70,7 +75,8 @@ class ContrastivePair(nn.Module):
         return F.normalize(self.text_projection(pooled), dim=-1)
 
     def forward(self, pixel_values, input_ids, attention_mask, negative_ids=None, negative_mask=None,
-                region_masks=None, region_image=None, region_phrase=None, phrase_ids=None, phrase_mask=None):
+                region_masks=None, region_image=None, region_phrase=None, phrase_ids=None, phrase_mask=None,
+                patch_labels=None):
         img, patches = self._embed_images(pixel_values)
         txt = self.embed_texts(input_ids, attention_mask)
         scale = self.logit_scale.clamp(max=math.log(100)).exp()  # CLIP keeps logits at most 100
@@ -92,6 +98,9 @@ class ContrastivePair(nn.Module):
             loss = (loss + F.cross_entropy(scale * regions @ phrases.T, region_phrase)) / 2
         if self.position_head is not None:
             loss = loss + self.position_loss * self.patch_position_loss(patches)
+        if self.dense_head is not None and patch_labels is not None:
+            named = self.dense_head(patches)  # (B, P, classes)
+            loss = loss + self.dense_loss * F.cross_entropy(named.flatten(0, 1), patch_labels.flatten())
         return {"loss": loss, "logits": logits}
 
     def patch_position_loss(self, patches: torch.Tensor) -> torch.Tensor:
@@ -120,6 +129,8 @@ class CaptionCollator(LlavaCollator):
                          region_image=torch.tensor([i for i, s in enumerate(samples) for _ in s["region_ids"]]),
                          region_phrase=torch.tensor(region_phrase), phrase_ids=padded["input_ids"],
                          phrase_mask=padded["attention_mask"])
+        if "patch_labels" in samples[0]:
+            batch["patch_labels"] = torch.stack([s["patch_labels"] for s in samples])
         return batch
 
 
@@ -138,6 +149,15 @@ def box_mask(box, grid: int) -> torch.Tensor:
     return mask.flatten()
 
 
+def patch_labels(regions: list[dict], phrases: tuple[str, ...], grid: int) -> torch.Tensor:
+    """(grid * grid,) class of each patch: 0 for none, else 1 + the index in `phrases` of the region it
+    lies in; where regions overlap, the later one (drawn on top) names the patch."""
+    labels = torch.zeros(grid * grid, dtype=torch.long)
+    for g in regions:
+        labels[box_mask(g["box"], grid).bool()] = 1 + phrases.index(g["phrase"])
+    return labels
+
+
 @dataclass
 class CaptionPairs(torch.utils.data.Dataset):
     """(image, caption) pairs from a LLaVA caption file (stage1.json): the first reply is the caption.
@@ -151,6 +171,7 @@ class CaptionPairs(torch.utils.data.Dataset):
     tokenizer: object
     image_spec: ImageSpec
     grid: int = 0  # patches per side of the tower; 0 leaves regions out
+    phrases: tuple[str, ...] = ()  # the region phrases patches name (dense labels); empty: none
 
     @classmethod
     def from_file(cls, json_path, image_folder, tokenizer, image_spec, grid: int = 0):
@@ -161,6 +182,10 @@ class CaptionPairs(torch.utils.data.Dataset):
                 raise DataError(f"record {r.get('id', i) if isinstance(r, dict) else i} in {json_path}: "
                                 f"{problem or 'no image'}")
         return cls(records, Path(image_folder), tokenizer, image_spec, grid)
+
+    def region_phrases(self) -> tuple[str, ...]:
+        """Every region phrase of the records, in a fixed order: the classes of the dense labels."""
+        return tuple(sorted({g["phrase"] for r in self.records for g in r.get("regions") or []}))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -175,6 +200,8 @@ class CaptionPairs(torch.utils.data.Dataset):
         if r.get("regions") and self.grid:  # objects' phrases and boxes (EdgeScenes writes them)
             sample["region_masks"] = torch.stack([box_mask(g["box"], self.grid) for g in r["regions"]])
             sample["region_ids"] = [self._ids(g["phrase"]) for g in r["regions"]]
+            if self.phrases:
+                sample["patch_labels"] = patch_labels(r["regions"], self.phrases, self.grid)
         return sample
 
     def _ids(self, text: str) -> torch.Tensor:

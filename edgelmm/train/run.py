@@ -118,11 +118,16 @@ def _train_clip(parts: ModelParts, stage: Stage, files, folder, run_dir: Path, o
     records = CaptionPairs.from_file(files[0], folder, parts.tokenizer, parts.image_spec).records[: opts.limit or None]
     held_out = max(1, len(records) // 20)  # the zero-shot check uses images the tower never saw
     train = CaptionPairs(records[:-held_out], folder, parts.tokenizer, parts.image_spec, grid)
+    if stage.hyper.dense_loss:
+        train.phrases = train.region_phrases()
+        if not train.phrases:
+            raise DataError(f"{files[0]}: the dense loss needs records with regions (EdgeScenes writes them)")
     check = records[-held_out:]
     torch.manual_seed(opts.seed)
     pair = ContrastivePair(parts.model.model.vision_tower, len(parts.tokenizer), parts.tokenizer.pad_token_id,
                            feature_layer=layer if isinstance(layer := config.vision_feature_layer, int) else -2,
-                           position_loss=stage.hyper.position_loss)
+                           position_loss=stage.hyper.position_loss, dense_loss=stage.hyper.dense_loss,
+                           dense_classes=len(train.phrases))
     metrics = run_training(pair, train, CaptionCollator(parts.tokenizer.pad_token_id), stage.hyper, run_dir,
                            **opts.engine_kwargs())
     metrics["zero_shot_accuracy"] = zero_shot_check(pair, parts, check, folder)

@@ -38,6 +38,8 @@ class Hyper:
     vision_lr_scale: float = 1.0
     # clip: weight of the loss that makes each patch of the feature layer name its own row and column.
     position_loss: float = 0.0
+    # clip: weight of the loss that makes each patch of the feature layer name the object it lies on.
+    dense_loss: float = 0.0
 
 
 @dataclass(frozen=True)
