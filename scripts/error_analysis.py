@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from edgelmm.data.edgescenes.world import CANVAS
@@ -45,7 +45,7 @@ class Tally(defaultdict):
 def analyse(report: dict, items: list[dict], scenes: dict[str, dict]) -> dict:
     by_id = {item["id"]: item for item in items}
     by_objects: dict[str, Tally] = defaultdict(Tally)
-    misses = {"color": Tally(), "shape": Tally()}  # key: the wrong answer names another object or nothing
+    misses = {"color": Counter(), "shape": Counter()}  # wrong answers: naming another object, or nothing there
     relation, count_misses = Tally(), {"off by one": 0, "off by more": 0, "not a number": 0}
     for p in report["predictions"]:
         item = by_id[p["id"]]
@@ -54,9 +54,8 @@ def analyse(report: dict, items: list[dict], scenes: dict[str, dict]) -> dict:
         right = answer == item["answer"].lower()
         by_objects[item["type"]].add(len(objects), right)
         if item["type"] in misses and not right:
-            attribute = "color" if item["type"] == "color" else "shape"
-            seen = any(o[attribute] == answer for o in objects)
-            misses[item["type"]].add("another object's" if seen else "none in the scene", True)
+            seen = any(o[item["type"]] == answer for o in objects)  # the scene's objects have "color" and "shape"
+            misses[item["type"]]["another object's" if seen else "none in the scene"] += 1
         elif item["type"] == "count" and not right:
             off = abs(int(answer) - int(item["answer"])) if answer.isdigit() else None
             count_misses["not a number" if off is None else "off by one" if off == 1 else "off by more"] += 1
@@ -69,7 +68,7 @@ def analyse(report: dict, items: list[dict], scenes: dict[str, dict]) -> dict:
             relation.add("gap " + next(name for low, name in reversed(GAPS) if gap >= low), right)
             relation.add("answered yes", answer == "yes")  # the share of yes answers, not correctness
     return {"by_objects": {t: tally.rows() for t, tally in sorted(by_objects.items())},
-            "wrong_answers": {t: {k: n for k, (_, n) in tally.items()} for t, tally in misses.items()},
+            "wrong_answers": {t: dict(counts) for t, counts in misses.items()},
             "relation": relation.rows(), "count_misses": count_misses}
 
 
