@@ -22,6 +22,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from edgelmm.data.edgescenes.world import CANVAS
+from edgelmm.eval.evaluate import read_eval_items
+from edgelmm.eval.metrics import normalize_answer
 
 RELATION = re.compile(  # the generator's wording
     r"Is the (?P<c1>\w+) (?P<s1>\w+) (?P<rel>above|to the left of) the (?P<c2>\w+) (?P<s2>\w+)\?")
@@ -50,8 +52,8 @@ def analyse(report: dict, items: list[dict], scenes: dict[str, dict]) -> dict:
     for p in report["predictions"]:
         item = by_id[p["id"]]
         objects = scenes[item["image"]]["objects"]
-        answer = p["prediction"].strip().lower().rstrip(".")
-        right = answer == item["answer"].lower()
+        answer = normalize_answer(p["prediction"])  # as `edgelmm eval` scores it
+        right = answer == normalize_answer(item["answer"])
         by_objects[item["type"]].add(len(objects), right)
         if item["type"] in misses and not right:
             seen = any(o[item["type"]] == answer for o in objects)  # the scene's objects have "color" and "shape"
@@ -96,7 +98,7 @@ def main(argv=None) -> None:
     parser.add_argument("--json", type=Path, help="also write the analysis here")
     args = parser.parse_args(argv)
     scenes = {s["image"]: s for s in json.loads((args.data / "scenes.json").read_text())["images"]}
-    analysis = analyse(json.loads(args.report.read_text()), json.loads((args.data / "eval.json").read_text()), scenes)
+    analysis = analyse(json.loads(args.report.read_text()), read_eval_items(args.data / "eval.json"), scenes)
     print(markdown(analysis), end="")
     if args.json:
         args.json.write_text(json.dumps(analysis, indent=2) + "\n")
