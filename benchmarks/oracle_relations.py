@@ -1,7 +1,7 @@
 """Can the demo model's language model learn to compare places when its image tokens are perfect?
 
     python benchmarks/oracle_relations.py EDGESCENES_DIR [--tasks relation,where] [--steps 2500] [--every 250]
-        [--lm-layers N] [--name oracle_relations]
+        [--lm-layers N] [--max-objects N] [--name oracle_relations]
 
 A diagnostic for the relation questions ("Is the red circle to the left of the blue square?"), which
 the demo model answers at chance. It takes the vision tower out of the question: each image token is
@@ -9,7 +9,8 @@ the scene's exact ground truth for one patch of the demo tower's grid (one-hot c
 object whose box holds the patch centre, or "none", plus the patch's column and row as numbers in
 [-1, 1]). The demo preset's projector and a language model of the demo preset's size, both fresh,
 are trained from these tokens at the preset's instruct rate, one task at a time (`--lm-layers` makes
-the language model deeper or shallower than the preset's):
+the language model deeper or shallower than the preset's, `--max-objects` keeps the scenes with at
+most that many objects):
 
 - `relation`: the generator's relation questions (its pairs, margin and wording), yes or no;
 - `where`: "Where is the red circle?", answered with the generator's nine positions (`position`).
@@ -83,7 +84,8 @@ def train_task(scenes: list, task: str, args, preset) -> dict:
     from edgelmm.modeling.projectors.base import ProjectorInput
 
     grid = preset.vision["image_size"] // preset.vision["patch_size"]
-    rows = [(torch.from_numpy(patch_tokens(s, grid)), q) for s in scenes if (q := questions(s, task))]
+    rows = [(torch.from_numpy(patch_tokens(s, grid)), q) for s in scenes
+            if len(s.objects) <= args.max_objects and (q := questions(s, task))]
     cut = len(rows) * 9 // 10
     train, held_out = rows[:cut], rows[cut:]
     words = sorted({w for _, qs in rows for q, a in qs for w in (q.split() + [a])})
@@ -143,7 +145,8 @@ def train_task(scenes: list, task: str, args, preset) -> dict:
                      "held_out_accuracy": right / len(probe), "seconds": round(time.time() - started, 1)}
             print(json.dumps({"task": task, **point}), flush=True)
             curve.append(point)
-    return {"task": task, "lm_layers": lm_args["num_hidden_layers"], "answers": len(answers),
+    return {"task": task, "lm_layers": lm_args["num_hidden_layers"], "max_objects": args.max_objects,
+            "scenes": len(rows), "answers": len(answers),
             "commonest_answer": commonest, "commonest_share": baseline, "held_out_questions": len(probe), "lr": lr,
             "curve": curve}
 
@@ -152,7 +155,7 @@ def main() -> None:
     import torch
 
     from edgelmm.cpu import cpu_info
-    from edgelmm.data.edgescenes.world import Scene
+    from edgelmm.data.edgescenes.world import MAX_OBJECTS, Scene
     from edgelmm.presets import get_preset
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -164,6 +167,8 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lm-layers", type=int, help="the language model's depth (default: the demo preset's)")
+    parser.add_argument("--max-objects", type=int, default=MAX_OBJECTS,
+                        help="only scenes with at most this many objects")
     parser.add_argument("--name", default="oracle_relations")
     args = parser.parse_args()
     preset = get_preset("demo")
@@ -184,12 +189,13 @@ def markdown(r: dict) -> str:
     lines = ["# The demo language model on perfect image tokens", "",
              f"{r['created']}, {r['machine']}, {r['threads']} threads; {r['scenes']} EdgeScenes scenes, "
              f"batches of {r['batch']} questions; held-out accuracy on the last tenth of the scenes.", "",
-             "| task | LM layers | answers | commonest answer's share | step | questions seen | loss | "
-             "held-out accuracy |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| task | LM layers | objects per scene | answers | commonest answer's share | step | questions seen | "
+             "loss | held-out accuracy |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for t in r["tasks"]:
         for p in t["curve"]:
-            lines.append(f"| {t['task']} | {t['lm_layers']} | {t['answers']} | {100 * t['commonest_share']:.1f}% | "
+            lines.append(f"| {t['task']} | {t['lm_layers']} | at most {t['max_objects']} | {t['answers']} | "
+                         f"{100 * t['commonest_share']:.1f}% | "
                          f"{p['step']} | {p['questions_seen']} | {p['loss']:.3f} | "
                          f"{100 * p['held_out_accuracy']:.1f}% |")
     return "\n".join(lines) + "\n"

@@ -54,8 +54,9 @@ def test_a_short_run_reports_a_learning_curve(oracle, scenes_dir):
     from edgelmm.presets import get_preset
 
     scenes = list(load_scenes(scenes_dir).values())
-    args = Namespace(steps=4, every=2, batch=4, held_out=16, seed=0, lm_layers=1)
+    args = Namespace(steps=4, every=2, batch=4, held_out=16, seed=0, lm_layers=1, max_objects=2)
     result = oracle.train_task(scenes, "where", args, get_preset("tiny"))
     assert result["answers"] >= 2 and 0 < result["commonest_share"] <= 1
+    assert result["max_objects"] == 2 and 0 < result["scenes"] < len(scenes)  # the larger scenes left out
     assert result["lm_layers"] == 1 and [p["step"] for p in result["curve"]] == [2, 4]
     assert all(0 <= p["held_out_accuracy"] <= 1 and p["loss"] > 0 for p in result["curve"])
