@@ -60,19 +60,14 @@ def patch_tokens(scene, grid: int):
 
 
 def questions(scene, task: str) -> list[tuple[str, str]]:
-    """Every question of this task the scene allows, worded as the generator words them."""
-    from edgelmm.data.edgescenes.language import name, position, relation_pairs, unique_by_combo
+    """Every question of this task the scene allows, worded as the generator words them ("?" a word)."""
+    from edgelmm.data.edgescenes.language import name, position, relation_pairs, relation_question, unique_by_combo
 
     if task == "where":
-        return [(f"Where is the {name(o, False)} ?", position(o)) for o in unique_by_combo(scene)]
-    out = []
-    for a, b, axis in relation_pairs(scene):
-        k = 0 if axis == "left" else 1
-        relation = "to the left of" if axis == "left" else "above"
-        for x, y in ((a, b), (b, a)):
-            out.append((f"Is the {name(x, False)} {relation} the {name(y, False)} ?",
-                        "yes" if x.center[k] < y.center[k] else "no"))
-    return out
+        asked = [(f"Where is the {name(o, False)}?", position(o)) for o in unique_by_combo(scene)]
+    else:
+        asked = [relation_question(x, y, axis) for a, b, axis in relation_pairs(scene) for x, y in ((a, b), (b, a))]
+    return [(question.replace("?", " ?"), answer) for question, answer in asked]
 
 
 def train_task(scenes: list, task: str, args, preset) -> dict:

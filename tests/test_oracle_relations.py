@@ -32,7 +32,6 @@ def test_patch_tokens_name_the_object_under_each_patch(oracle, scenes_dir):
     tokens = oracle.patch_tokens(scene, 8)
     colours, shapes = list(COLORS), list(SHAPES)
     marked = {k for k in range(64) if tokens[k, colours.index(obj.color)] == 1}
-    x0, y0, x1, y1 = obj.bbox
     assert (obj.center[1] // 28) * 8 + obj.center[0] // 28 in marked
     assert all(tokens[k, len(colours) + shapes.index(obj.shape)] == 1 for k in marked)
     none = tokens[:, len(colours) + len(shapes)]

@@ -256,6 +256,14 @@ def relation_pairs(scene: Scene) -> list[tuple[SceneObject, SceneObject, str]]:
     return pairs
 
 
+def relation_question(a: SceneObject, b: SceneObject, axis: str) -> tuple[str, str]:
+    """"Is the <a> to the left of / above the <b>?" and its answer, for a pair of `relation_pairs`."""
+    k = 0 if axis == "left" else 1
+    relation = "to the left of" if axis == "left" else "above"
+    answer = "yes" if a.center[k] < b.center[k] else "no"
+    return f"Is the {name(a, False)} {relation} the {name(b, False)}?", answer
+
+
 def _relation_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str] | None:
     pairs = relation_pairs(scene)
     if not pairs:
@@ -263,10 +271,7 @@ def _relation_question(scene: Scene, rng: np.random.Generator) -> tuple[str, str
     a, b, axis = _pick(rng, pairs)
     if rng.random() < 0.5:
         a, b = b, a
-    k = 0 if axis == "left" else 1
-    relation = "to the left of" if axis == "left" else "above"
-    answer = "yes" if a.center[k] < b.center[k] else "no"
-    return f"Is the {name(a, False)} {relation} the {name(b, False)}?", answer
+    return relation_question(a, b, axis)
 
 
 def short_questions(scene: Scene, rng: np.random.Generator, *, exist_positive: bool, pope_split: str,
